@@ -1,0 +1,28 @@
+# Set-up commands from the README. Each creates .venv and installs pinned deps if missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export MUJOCO_GL ?= egl
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install test test-fast demo bench clean
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	$(BIN)/python -m mbdpo_hub.cli demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

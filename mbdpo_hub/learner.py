@@ -1,0 +1,266 @@
+"""One MBDPO learning update: TD-MPC2's world-model losses, the contrastive energy loss, the optional score-matching
+loss and the policy-prior loss, with TD-MPC2's optimisers and the Polyak target update.
+
+A batch holds (H+1)-step sub-trajectories, time-major:
+    obs (H+1, B, O), action (H, B, A), reward (H, B, 1), terminated (H, B, 1), task (B,) long (or None).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modeling_mbdpo import MBDPODiffusionPolicy, soft_ce
+
+# Parameter groups (TD-MPC2/MBDPO names). `pi` has its own optimiser.
+PARAM_GROUPS = ("encoder", "dynamics", "reward", "termination", "qs", "task_embedding", "energy", "score", "pi")
+
+
+def parameter_groups(policy: MBDPODiffusionPolicy) -> dict[str, list[nn.Parameter]]:
+    wm = policy.world_model
+    modules = {
+        "encoder": wm.encoder, "dynamics": wm.dynamics, "reward": wm.reward_head,
+        "termination": wm.termination_head, "qs": wm.Qs, "task_embedding": wm.task_embedding,
+        "energy": policy.energy, "score": policy.score_net, "pi": wm.pi_head,
+    }
+    return {k: (list(m.parameters()) if m is not None else []) for k, m in modules.items()}
+
+
+class RunningScale(nn.Module):
+    """Running 5-95 percentile range of Q-values (TD-MPC2): value <- lerp(value, max(p95 - p5, 1), tau)."""
+
+    def __init__(self, tau: float):
+        super().__init__()
+        self.tau = tau
+        self.register_buffer("value", torch.ones(()))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, reduce_fn: Callable | None = None) -> None:
+        q = torch.quantile(x.detach().float().flatten(), torch.tensor([0.05, 0.95], device=x.device))
+        if reduce_fn is not None:
+            q = reduce_fn(q)
+        self.value.lerp_((q[1] - q[0]).clamp(min=1.0).to(self.value.dtype), self.tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.value
+
+
+class MBDPOLearner:
+    """Optimisers and the update step for an `MBDPODiffusionPolicy`.
+
+    lr_scales: per-group multipliers of `config.lr` (default: encoder 0.3 = TD-MPC2's enc_lr_scale).
+    freeze: group names whose parameters are not trained (e.g. ["encoder", "dynamics"] for fine-tuning).
+    reduce_fn: mean over processes (e.g. `accelerator.reduce(x, "mean")`), applied to gradients and to running
+    statistics so that every process keeps identical weights in multi-process training.
+    """
+
+    def __init__(self, policy: MBDPODiffusionPolicy, *, lr_scales: dict[str, float] | None = None,
+                 freeze: list[str] | tuple[str, ...] = (), reduce_fn: Callable | None = None):
+        cfg = policy.config
+        unknown = set(freeze) | set(lr_scales or {})
+        unknown -= set(PARAM_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown parameter groups {sorted(unknown)}; known: {PARAM_GROUPS}")
+        self.policy, self.config, self.reduce_fn = policy, cfg, reduce_fn
+        scales = {"encoder": cfg.enc_lr_scale, **(lr_scales or {})}
+        groups = parameter_groups(policy)
+        for name in freeze:
+            for p in groups[name]:
+                p.requires_grad_(False)
+        self.freeze = tuple(freeze)
+        wm_groups = [dict(params=[p for p in ps if p.requires_grad], lr=cfg.lr * scales.get(name, 1.0), name=name)
+                     for name, ps in groups.items() if name != "pi"]
+        wm_groups = [g for g in wm_groups if g["params"]]
+        pi_params = [p for p in groups["pi"] if p.requires_grad]
+        self.optim = torch.optim.Adam(wm_groups, lr=cfg.lr) if wm_groups else None
+        self.pi_optim = (torch.optim.Adam(pi_params, lr=cfg.pi_lr * scales.get("pi", 1.0), eps=1e-5)
+                         if pi_params else None)
+        self.scale = RunningScale(cfg.tau).to(policy.device)
+        self.num_updates = 0
+
+    # --- losses ------------------------------------------------------------------------------------------------------
+    def world_model_losses(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """TD-MPC2's consistency, reward, value and termination losses. Returns (total, metrics, latents (H+1,B,L))."""
+        cfg, wm = self.config, self.policy.world_model
+        obs, action, reward, task = batch["obs"], batch["action"], batch["reward"], batch.get("task")
+        terminated = batch.get("terminated")
+        if terminated is None:
+            terminated = torch.zeros_like(reward)
+        H = action.shape[0]
+        rho = cfg.rho ** torch.arange(H, device=obs.device, dtype=obs.dtype)
+
+        with torch.no_grad():
+            next_z = wm.encode(obs[1:], task)
+            gamma = wm.discount(task, next_z).to(obs.dtype)
+            gamma = gamma.unsqueeze(-1) if gamma.dim() == 1 else gamma
+            next_a = wm.pi(next_z, task).action
+            td_target = reward + gamma * (1 - terminated) * wm.Q(next_z, next_a, task, "min", target=True)
+
+        z = wm.encode(obs[0], task)
+        zs, consistency = [z], 0.0
+        for t in range(H):
+            z = wm.next(z, action[t], task)
+            consistency = consistency + rho[t] * F.mse_loss(z, next_z[t])
+            zs.append(z)
+        zs = torch.stack(zs)
+        consistency = consistency / H
+
+        qs = wm.Q(zs[:-1], action, task, "all")  # (num_q, H, B, nb)
+        reward_logits = wm.reward(zs[:-1], action, task)  # (H, B, nb)
+        reward_loss = (soft_ce(reward_logits, reward, cfg).mean(dim=(1, 2)) * rho).sum() / H
+        value_loss = (soft_ce(qs, td_target.unsqueeze(0).expand(qs.shape[0], -1, -1, -1), cfg)
+                      .mean(dim=(2, 3)) * rho).sum() / (H * cfg.num_q)
+        if wm.termination_head is not None:
+            termination_loss = F.binary_cross_entropy_with_logits(
+                wm.termination(zs[1:], task, unnormalized=True), terminated)
+        else:
+            termination_loss = torch.zeros((), device=obs.device)
+        total = (cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss
+                 + cfg.value_coef * value_loss + cfg.termination_coef * termination_loss)
+        metrics = dict(consistency_loss=consistency, reward_loss=reward_loss, value_loss=value_loss,
+                       termination_loss=termination_loss)
+        return total, metrics, zs
+
+    def energy_loss(self, z: torch.Tensor, action: torch.Tensor, task) -> tuple[torch.Tensor, dict]:
+        """Contrastive loss of the implicit energy F on aligned (z_t, a_t) pairs of the batch.
+
+        z (H, B, L) (detached latents of the rollout) and action (H, B, A) share the same (t, b) layout (upstream
+        paired time-major latents with batch-major actions). Negatives, per pair, are the highest-F of a policy
+        sample, a noised policy sample and a uniform action. Only F is trained: the state/task input is detached.
+        """
+        cfg, policy, wm = self.config, self.policy, self.policy.world_model
+        x = wm.with_task(z.detach(), task).detach()
+        mask = wm.action_mask(task, z)
+        if mask.dim() == 2:  # (B, A) -> broadcast over time
+            mask = mask.unsqueeze(0)
+        with torch.no_grad():
+            a_pi = wm.pi(z, task).action
+            a_noisy = ((a_pi + cfg.energy_neg_noise * torch.randn_like(a_pi)).clamp(-1, 1)) * mask
+            a_unif = (torch.rand_like(a_pi) * 2 - 1) * mask
+            cands = torch.stack([a_pi, a_noisy, a_unif])  # (3, H, B, A)
+            logits = policy.energy(torch.cat([x.unsqueeze(0).expand(3, *x.shape), cands], dim=-1))
+            best = logits.argmax(0, keepdim=True)  # (1, H, B, 1)
+            a_neg = cands.gather(0, best.expand(1, *a_pi.shape)).squeeze(0)
+        pos = policy.energy(torch.cat([x, action], dim=-1))
+        neg = policy.energy(torch.cat([x, a_neg], dim=-1))
+        loss = 0.5 * (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+                      + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
+        with torch.no_grad():  # running normalisation statistics, saved with the model
+            both = torch.cat([pos, neg]).float()
+            stats = torch.stack([both.mean(), both.pow(2).mean()])
+            if self.reduce_fn is not None:
+                stats = self.reduce_fn(stats)
+            mean, std = stats[0], (stats[1] - stats[0] ** 2).clamp(min=0).sqrt().clamp(min=1e-6)
+            m = cfg.energy_momentum
+            policy.energy_mean.mul_(m).add_((1 - m) * mean)
+            policy.energy_std.mul_(m).add_((1 - m) * std)
+            accuracy = 0.5 * ((pos > 0).float().mean() + (neg < 0).float().mean())
+        return loss, dict(energy_loss=loss, energy_accuracy=accuracy)
+
+    def score_loss(self, z: torch.Tensor, task, num_states: int = 8) -> tuple[torch.Tensor, dict]:
+        """Score matching against the Monte-Carlo score target on a few detached states z (B, L).
+
+        Upstream trains on one (non-detached) state per update; we use `num_states` detached ones so the score net
+        sees more states and does not shape the encoder."""
+        cfg, policy = self.config, self.policy
+        planner_sched = policy.planner.scheduler if hasattr(policy.planner, "scheduler") else None
+        if planner_sched is None:
+            from .planners import ModelBasedDiffusionScheduler
+
+            planner_sched = ModelBasedDiffusionScheduler(cfg.diffusion_steps, cfg.diffusion_beta0, cfg.diffusion_betaT)
+        S = min(num_states, z.shape[0])
+        z = z[:S].detach()
+        t_task = policy.world_model.task_tensor(task, z)
+        t_task = t_task[:S] if t_task.dim() == 1 else t_task.expand(S)
+        H, A, K = cfg.horizon, cfg.action_dim, cfg.score_num_samples
+        mask = policy.world_model.action_mask(t_task, z).view(S, 1, A)
+        steps = torch.randint(1, planner_sched.num_train_timesteps, (S,), device=z.device)
+        abar = planner_sched.alphas_cumprod.to(z.device, z.dtype)[steps].view(S, 1, 1)
+        x = torch.randn(S, H, A, device=z.device, dtype=z.dtype) * mask
+        with torch.no_grad():
+            sigma = ((1 - abar) / abar).sqrt().unsqueeze(1)
+            cand = ((x / abar.sqrt()).unsqueeze(1) + sigma * torch.randn(S, K, H, A, device=z.device)).clamp(-1, 1)
+            cand = cand * mask.unsqueeze(1)
+            v = policy.estimate_value(z.repeat_interleave(K, 0), cand.reshape(S * K, H, A).transpose(0, 1),
+                                      t_task.repeat_interleave(K, 0)).view(S, K)
+            v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True).clamp(min=1e-4)
+            w = torch.softmax(v / cfg.temperature, dim=1)
+            x0_hat = (w.view(S, K, 1, 1) * cand).sum(1)
+            target = (-x + abar.sqrt() * x0_hat) / (1 - abar + 1e-8)
+        pred = policy.score(z, x, steps, t_task)
+        # weight (1 - abar)^2 (DDPM's sigma^2 weighting, i.e. noise-prediction scale): the raw target grows like
+        # 1 / (1 - abar) (~5e3 at the last step) and would swamp the world-model gradient under the shared clip.
+        loss = ((1 - abar) ** 2 * (pred - target).pow(2) * mask).sum() / (mask.sum() * H).clamp(min=1)
+        return loss, dict(score_loss=loss)
+
+    def policy_loss(self, zs: torch.Tensor, task) -> tuple[torch.Tensor, dict]:
+        """TD-MPC2's policy-prior loss on detached latents (H+1, B, L): maximise scaled Q + entropy bonus."""
+        cfg, wm = self.config, self.policy.world_model
+        zs = zs.detach()
+        out = wm.pi(zs, task)
+        q = wm.Q(zs, out.action, task, "avg", detach=True)
+        self.scale.update(q[0], self.reduce_fn)
+        q = self.scale(q)
+        rho = cfg.rho ** torch.arange(zs.shape[0], device=zs.device, dtype=zs.dtype)
+        loss = ((-(cfg.entropy_coef * out.scaled_entropy + q)).mean(dim=(1, 2)) * rho).mean()
+        return loss, dict(pi_loss=loss, pi_entropy=out.entropy.mean(), pi_scale=self.scale.value.clone())
+
+    # --- the update --------------------------------------------------------------------------------------------------
+    def _step(self, optim, loss, params) -> torch.Tensor:
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.reduce_fn is not None:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.copy_(self.reduce_fn(p.grad))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm)
+        optim.step()
+        return norm
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """One gradient step of world model + energy (+ score), one of the policy prior, then Polyak."""
+        cfg, policy = self.config, self.policy
+        policy.train()
+        total, metrics, zs = self.world_model_losses(batch)
+        e_loss, e_metrics = self.energy_loss(zs[:-1], batch["action"], batch.get("task"))
+        total = total + cfg.energy_coef * e_loss
+        metrics.update(e_metrics)
+        if policy.score_net is not None and cfg.score_coef > 0:
+            s_loss, s_metrics = self.score_loss(zs[0], batch.get("task"))
+            total = total + cfg.score_coef * s_loss
+            metrics.update(s_metrics)
+        if self.optim is not None:
+            wm_params = [p for g in self.optim.param_groups for p in g["params"]]
+            metrics["grad_norm"] = self._step(self.optim, total, wm_params)
+        if self.pi_optim is not None:
+            pi_loss, pi_metrics = self.policy_loss(zs, batch.get("task"))
+            self._step(self.pi_optim, pi_loss, self.pi_optim.param_groups[0]["params"])
+            metrics.update(pi_metrics)
+            # keep the policy loss's gradient out of shared modules' next step
+            for p in policy.parameters():
+                p.grad = None
+        policy.world_model.Qs.update_target(cfg.tau)
+        policy.eval()
+        self.num_updates += 1
+        metrics["total_loss"] = total
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+
+    # --- checkpointing -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(optim=self.optim.state_dict() if self.optim else None,
+                    pi_optim=self.pi_optim.state_dict() if self.pi_optim else None,
+                    scale=self.scale.state_dict(), num_updates=self.num_updates)
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.optim is not None and state.get("optim") is not None:
+            self.optim.load_state_dict(state["optim"])
+        if self.pi_optim is not None and state.get("pi_optim") is not None:
+            self.pi_optim.load_state_dict(state["pi_optim"])
+        self.scale.load_state_dict(state["scale"])
+        self.num_updates = int(state.get("num_updates", 0))
+
+
+__all__ = ["MBDPOLearner", "RunningScale", "parameter_groups", "PARAM_GROUPS"]

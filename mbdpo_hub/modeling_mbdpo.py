@@ -1,0 +1,542 @@
+"""MBDPO: a TD-MPC2 latent world model plus an implicit energy and a diffusion planner, as transformers models.
+
+Shapes use: B batch, T time, L `latent_dim`, A padded `action_dim`, O padded `obs_dim`, td `task_dim`,
+nb `num_bins`, Q `num_q`, H `horizon`.
+
+`MBDPOWorldModel` is TD-MPC2's world model (encoder, latent dynamics, two-hot reward, optional termination, Gaussian
+policy prior, Q-ensemble with a Polyak target copy, task embeddings and action masks). `MBDPODiffusionPolicy` wraps it
+(`base_model_prefix="world_model"`) and adds the implicit energy network F, the optional score network and the
+planner, behind `select_action`. Every network input is the concatenation [state, task embedding, action].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .configuration_mbdpo import MBDPOConfig
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Math helpers: symlog, two-hot encoding over `num_bins` bins in symlog space
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def two_hot(x: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
+    """Scalars (..., 1) -> two-hot targets (..., nb) over the symlog bins [vmin, vmax]."""
+    nb, vmin, size = config.num_bins, config.vmin, config.bin_size
+    y = symlog(x.squeeze(-1)).clamp(vmin, config.vmax)
+    pos = (y - vmin) / size
+    idx = pos.floor().clamp(max=nb - 1)
+    off = (pos - idx).unsqueeze(-1)
+    idx = idx.long().unsqueeze(-1)
+    out = torch.zeros(*y.shape, nb, device=x.device, dtype=x.dtype)
+    out.scatter_(-1, idx, 1 - off)
+    # at vmax idx = nb-1 and off = 0: the wrap-around adds weight 0 to bin 0, as upstream
+    out.scatter_add_(-1, (idx + 1) % nb, off)
+    return out
+
+
+def two_hot_inv(logits: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
+    """Logits (..., nb) -> expected scalar (..., 1) in the original (symexp) space."""
+    bins = torch.linspace(config.vmin, config.vmax, config.num_bins, device=logits.device, dtype=logits.dtype)
+    return symexp((F.softmax(logits, dim=-1) * bins).sum(-1, keepdim=True))
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
+    """Cross-entropy between logits (..., nb) and the two-hot encoding of scalar targets (..., 1) -> (..., 1)."""
+    return -(two_hot(target, config) * F.log_softmax(logits, dim=-1)).sum(-1, keepdim=True)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of diffusion steps t (...,) -> (..., dim), upstream's (raw integer steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    args = t.float().unsqueeze(-1) * freqs
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class SimNorm(nn.Module):
+    """Simplicial normalisation: softmax over consecutive groups of `dim` features. (..., L) -> (..., L)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
+
+
+class NormedLinear(nn.Linear):
+    """Linear -> Dropout (if p > 0) -> LayerNorm -> activation (Mish by default)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0, act: nn.Module | None = None):
+        super().__init__(in_features, out_features)
+        self.ln = nn.LayerNorm(out_features)
+        self.act = act if act is not None else nn.Mish()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.act(self.ln(x))
+
+
+def mlp(in_dim: int, hidden: list[int], out_dim: int, act: nn.Module | None = None, dropout: float = 0.0,
+        zero_init_last: bool = False) -> nn.Sequential:
+    """TD-MPC2's MLP: NormedLinear blocks (dropout on the first only), then a plain Linear, or a NormedLinear with
+    `act` when one is given (e.g. SimNorm for latents)."""
+    dims = [in_dim] + hidden
+    layers: list[nn.Module] = [NormedLinear(dims[i], dims[i + 1], dropout=dropout if i == 0 else 0.0)
+                               for i in range(len(hidden))]
+    last = nn.Linear(dims[-1], out_dim) if act is None else NormedLinear(dims[-1], out_dim, act=act)
+    last.zero_init = zero_init_last
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
+class QEnsemble(nn.Module):
+    """`num_q` Q-functions [z, emb, a] -> mlp_dim -> mlp_dim -> nb as stacked weights run with batched matmuls.
+
+    Parameters: `weight_i` (Q, out, in), `bias_i` (Q, out), and for the two hidden layers `ln_weight_i`,
+    `ln_bias_i` (Q, out). The Polyak target copy is held in persistent buffers `target_*` (not parameters, so it is
+    neither trained nor counted, but it is saved). Dropout (first layer) draws an independent mask per member.
+    """
+
+    def __init__(self, in_dim: int, mlp_dim: int, out_dim: int, num_q: int, dropout: float):
+        super().__init__()
+        self.num_q, self.dropout, self.num_layers = num_q, dropout, 3
+        dims = [in_dim, mlp_dim, mlp_dim, out_dim]
+        for i in range(3):
+            self.register_parameter(f"weight_{i}", nn.Parameter(torch.empty(num_q, dims[i + 1], dims[i])))
+            self.register_parameter(f"bias_{i}", nn.Parameter(torch.empty(num_q, dims[i + 1])))
+            if i < 2:
+                self.register_parameter(f"ln_weight_{i}", nn.Parameter(torch.empty(num_q, dims[i + 1])))
+                self.register_parameter(f"ln_bias_{i}", nn.Parameter(torch.empty(num_q, dims[i + 1])))
+        for name, p in list(self.named_parameters(recurse=False)):
+            self.register_buffer(f"target_{name}", torch.empty_like(p.data), persistent=True)
+
+    def param_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters(recurse=False)]
+
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None, target: bool = False,
+                detach: bool = False) -> torch.Tensor:
+        """x (..., in) -> logits (k, ..., nb) for the k selected heads (all when `heads` is None).
+
+        `target` uses the Polyak copy; `detach` uses the online weights without gradient to them (gradients still
+        reach x), as TD-MPC2's policy update needs.
+        """
+        p = {}
+        for name in self.param_names():
+            t = getattr(self, f"target_{name}") if target else getattr(self, name)
+            if detach:
+                t = t.detach()
+            p[name] = t if heads is None else t.index_select(0, heads)
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1])
+        k = p["weight_0"].shape[0]
+        # first layer: one GEMM of the shared input against all members' weights stacked
+        w0 = p["weight_0"]
+        h = (h @ w0.reshape(-1, w0.shape[-1]).T).view(h.shape[0], k, -1).transpose(0, 1) + p["bias_0"].unsqueeze(1)
+        for i in range(3):
+            if i > 0:
+                h = torch.baddbmm(p[f"bias_{i}"].unsqueeze(1), h, p[f"weight_{i}"].transpose(1, 2))
+            if i < 2:
+                if i == 0 and self.dropout > 0 and self.training:
+                    h = F.dropout(h, self.dropout, training=True)
+                h = F.layer_norm(h, h.shape[-1:]) * p[f"ln_weight_{i}"].unsqueeze(1) + p[f"ln_bias_{i}"].unsqueeze(1)
+                h = F.mish(h)
+        return h.reshape(k, *lead, h.shape[-1])
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """Polyak average: target <- (1 - tau) target + tau online."""
+        for name in self.param_names():
+            getattr(self, f"target_{name}").lerp_(getattr(self, name).detach(), tau)
+
+
+@dataclass
+class PolicyOutput:
+    """Policy prior sample. action/mean (..., A) (tanh-squashed), log_std (..., A), log_prob/entropy/scaled_entropy
+    (..., 1). `scaled_entropy` is TD-MPC2's entropy term: -(number of active action dims) x Gaussian log-prob."""
+
+    action: torch.Tensor
+    mean: torch.Tensor
+    log_std: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    scaled_entropy: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class MBDPOPreTrainedModel(PreTrainedModel):
+    config_class = MBDPOConfig
+    config: MBDPOConfig
+    base_model_prefix = "world_model"
+    main_input_name = "obs"
+    input_modalities = ("state",)
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["QEnsemble"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """TD-MPC2 (e9f5932) init: trunc-normal(0.02) weights, zero biases, zero last layer of reward, Q and energy
+        heads (so they start uniform / at 0), uniform(+-0.02) task embeddings; the Q target starts as a copy."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+            if getattr(module, "zero_init", False):
+                init.zeros_(module.weight)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.uniform_(module.weight, -0.02, 0.02)
+        elif isinstance(module, QEnsemble):
+            for i in range(3):
+                init.trunc_normal_(getattr(module, f"weight_{i}"), std=0.02)
+                init.zeros_(getattr(module, f"bias_{i}"))
+                if i < 2:
+                    init.ones_(getattr(module, f"ln_weight_{i}"))
+                    init.zeros_(getattr(module, f"ln_bias_{i}"))
+            init.zeros_(module.weight_2)
+            for name in module.param_names():
+                init.copy_(getattr(module, f"target_{name}"), getattr(module, name))
+        elif isinstance(module, MBDPOWorldModel):
+            init.copy_(module.action_masks, action_masks_from_config(module.config))
+            init.copy_(module.discounts, torch.tensor(module.config.discounts))
+        elif isinstance(module, MBDPODiffusionPolicy):
+            init.zeros_(module.energy_mean)
+            init.ones_(module.energy_std)
+
+
+def action_masks_from_config(config: MBDPOConfig) -> torch.Tensor:
+    """(num_tasks, A) float mask with ones on each task's first `action_dims[i]` entries."""
+    dims = torch.tensor(config.action_dims)
+    return (torch.arange(config.action_dim).unsqueeze(0) < dims.unsqueeze(1)).float()
+
+
+class MBDPOWorldModel(MBDPOPreTrainedModel):
+    """TD-MPC2's latent world model. All methods take a `task` that is `None` (single task), an int, or a long
+    tensor broadcastable against the leading dims of the input (right-aligned: (B,) against (T, B, ·))."""
+
+    def __init__(self, config: MBDPOConfig):
+        super().__init__(config)
+        L, A, td, M, nb = config.latent_dim, config.action_dim, config.task_dim, config.mlp_dim, config.num_bins
+        enc_hidden = max(config.num_enc_layers - 1, 1) * [config.enc_dim]
+        self.task_embedding = nn.Embedding(config.num_tasks, td, max_norm=1) if td > 0 else None
+        self.encoder = mlp(config.obs_dim + td, enc_hidden, L, act=SimNorm(config.simnorm_dim))
+        self.dynamics = mlp(L + A + td, 2 * [M], L, act=SimNorm(config.simnorm_dim))
+        self.reward_head = mlp(L + A + td, 2 * [M], nb, zero_init_last=True)
+        self.termination_head = mlp(L + td, 2 * [M], 1) if config.episodic else None
+        self.pi_head = mlp(L + td, 2 * [M], 2 * A)
+        self.Qs = QEnsemble(L + A + td, M, nb, config.num_q, config.dropout)
+        self.register_buffer("action_masks", action_masks_from_config(config), persistent=True)
+        self.register_buffer("discounts", torch.tensor(config.discounts), persistent=True)
+        self.post_init()
+
+    # --- task handling ---------------------------------------------------------------------------------------------
+    def task_tensor(self, task, like: torch.Tensor) -> torch.Tensor | None:
+        """Normalise `task` (None / int / str / tensor / list) to a long tensor on `like`'s device, or None."""
+        if task is None:
+            if self.config.num_tasks > 1:
+                raise ValueError(f"This is a {self.config.num_tasks}-task model: pass task= (a name or id).")
+            return torch.zeros((), dtype=torch.long, device=like.device)
+        if isinstance(task, torch.Tensor):
+            t = task.to(device=like.device, dtype=torch.long)
+            if t.numel() and (t.min() < 0 or t.max() >= self.config.num_tasks):
+                raise ValueError(f"task ids {t.unique().tolist()} out of range [0, {self.config.num_tasks}).")
+            return t
+        if isinstance(task, (list, tuple)):
+            return torch.tensor([self.config.task_id(x) for x in task], dtype=torch.long, device=like.device)
+        return torch.tensor(self.config.task_id(task), dtype=torch.long, device=like.device)
+
+    def with_task(self, x: torch.Tensor, task) -> torch.Tensor:
+        """Append the task embedding to x (..., d) -> (..., d + td); identity for single-task models."""
+        if self.task_embedding is None:
+            return x
+        t = self.task_tensor(task, x)
+        emb = self.task_embedding(t)
+        return torch.cat([x, emb.expand(*x.shape[:-1], emb.shape[-1])], dim=-1)
+
+    def action_mask(self, task, like: torch.Tensor) -> torch.Tensor:
+        """Action mask rows for `task`: (..., A), broadcastable like the task tensor."""
+        t = self.task_tensor(task, like) if self.config.num_tasks > 1 or task is not None else None
+        return self.action_masks[0] if t is None else self.action_masks[t]
+
+    def discount(self, task, like: torch.Tensor) -> torch.Tensor:
+        """Per-task discount, shaped like the task tensor."""
+        return self.discounts[self.task_tensor(task, like)]
+
+    # --- networks ----------------------------------------------------------------------------------------------------
+    def encode(self, obs: torch.Tensor, task=None) -> torch.Tensor:
+        """obs (..., O) -> latent z (..., L) (SimNorm groups each sum to 1)."""
+        if obs.shape[-1] != self.config.obs_dim:
+            raise ValueError(f"observation has dim {obs.shape[-1]}, this model expects {self.config.obs_dim} "
+                             "(pad task observations with zeros at the end).")
+        return self.encoder(self.with_task(obs, task))
+
+    def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
+        """Latent dynamics: z (..., L), a (..., A) -> next z (..., L)."""
+        return self.dynamics(torch.cat([self.with_task(z, task), a], dim=-1))
+
+    def reward(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
+        """Reward logits (..., nb); decode with `two_hot_inv`."""
+        return self.reward_head(torch.cat([self.with_task(z, task), a], dim=-1))
+
+    def termination(self, z: torch.Tensor, task=None, unnormalized: bool = False) -> torch.Tensor:
+        """Termination probability (or logit) (..., 1); episodic models only."""
+        if self.termination_head is None:
+            raise ValueError("This model has no termination head (config.episodic is False).")
+        logit = self.termination_head(self.with_task(z, task))
+        return logit if unnormalized else torch.sigmoid(logit)
+
+    def pi(self, z: torch.Tensor, task=None, generator: torch.Generator | None = None) -> PolicyOutput:
+        """Squashed-Gaussian policy prior: z (..., L) -> PolicyOutput with actions (..., A) in [-1, 1], padded
+        action dims of the task set to 0."""
+        cfg = self.config
+        mean, raw = self.pi_head(self.with_task(z, task)).chunk(2, dim=-1)
+        log_std = cfg.log_std_min + 0.5 * (cfg.log_std_max - cfg.log_std_min) * (torch.tanh(raw) + 1)
+        eps = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+        mask = self.action_mask(task, z)
+        mean, log_std, eps = mean * mask, log_std * mask, eps * mask
+        size = mask.sum(-1, keepdim=True).expand(*mean.shape[:-1], 1)
+        log_prob_g = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1, keepdim=True)
+        action = torch.tanh(mean + eps * log_std.exp())
+        log_prob = log_prob_g - torch.log(F.relu(1 - action.pow(2)) + 1e-6).sum(-1, keepdim=True)
+        entropy_scale = (log_prob_g * size) / (log_prob + 1e-8)
+        return PolicyOutput(action=action, mean=torch.tanh(mean), log_std=log_std, log_prob=log_prob,
+                            entropy=-log_prob, scaled_entropy=-log_prob * entropy_scale)
+
+    def Q(self, z: torch.Tensor, a: torch.Tensor, task=None, return_type: str = "min", target: bool = False,
+          detach: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Q-values. `all`: logits (num_q, ..., nb). `min` / `avg`: the min / mean of two randomly chosen heads,
+        decoded to scalars (..., 1) (TD-MPC2's rule)."""
+        if return_type not in ("all", "min", "avg"):
+            raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
+        x = torch.cat([self.with_task(z, task), a], dim=-1)
+        if return_type == "all":
+            return self.Qs(x, target=target, detach=detach)
+        heads = torch.randperm(self.config.num_q, generator=generator, device="cpu")[:2].to(z.device)
+        q = two_hot_inv(self.Qs(x, heads=heads, target=target, detach=detach), self.config)
+        return q.min(0).values if return_type == "min" else q.mean(0)
+
+    # --- imagined returns --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def policy_rollout(self, z: torch.Tensor, task, horizon: int, generator=None) -> torch.Tensor:
+        """Roll the policy prior (samples) through the dynamics: z (N, L) -> actions (H, N, A)."""
+        actions = []
+        for t in range(horizon):
+            a = self.pi(z, task, generator=generator).action
+            actions.append(a)
+            if t < horizon - 1:
+                z = self.next(z, a, task)
+        return torch.stack(actions)
+
+    @torch.no_grad()
+    def estimate_value(self, z: torch.Tensor, actions: torch.Tensor, task, shaping=None,
+                       generator=None) -> torch.Tensor:
+        """Imagined return of action sequences: z (N, L), actions (H, N, A), task (N,) or scalar -> (N,).
+
+        G = sum_t gamma^t (1 - term_t) (r_t + shaping(z_t, a_t)) + gamma^H (1 - term_H) Q_avg(z_H, pi(z_H)).
+        `shaping` (e.g. MBDPO's energy bonus) is evaluated on the pre-transition latent.
+        """
+        gamma = self.discount(task, z)
+        if gamma.dim() == 1:
+            gamma = gamma.unsqueeze(-1)
+        G = torch.zeros(z.shape[0], 1, device=z.device, dtype=z.dtype)
+        disc = torch.ones_like(G)
+        alive = torch.ones_like(G)
+        for t in range(actions.shape[0]):
+            r = two_hot_inv(self.reward(z, actions[t], task), self.config)
+            if shaping is not None:
+                r = r + shaping(z, actions[t], task)
+            z = self.next(z, actions[t], task)
+            G = G + disc * alive * r
+            disc = disc * gamma
+            if self.termination_head is not None:
+                alive = alive * (self.termination(z, task) <= 0.5).to(z.dtype)
+        a = self.pi(z, task, generator=generator).action
+        G = G + disc * alive * self.Q(z, a, task, return_type="avg", generator=generator)
+        return G.squeeze(-1)
+
+    def forward(self, obs: torch.Tensor, task=None) -> torch.Tensor:
+        """Encode observations (the model's default entry point): obs (..., O) -> z (..., L)."""
+        return self.encode(obs, task)
+
+
+class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
+    """The MBDPO agent: a world model, the implicit energy F(z, a) and an optional learned score network, acted on
+    by a planner (`config.planner`: diffusion / mppi / score / policy).
+
+    The energy's running normalisation statistics (`energy_mean`, `energy_std`) are persistent buffers saved with
+    the weights, so a reloaded policy shapes returns exactly as at training time.
+    """
+
+    def __init__(self, config: MBDPOConfig):
+        super().__init__(config)
+        L, A, td, M, H = config.latent_dim, config.action_dim, config.task_dim, config.mlp_dim, config.horizon
+        self.world_model = MBDPOWorldModel(config)
+        self.energy = mlp(L + A + td, 2 * [M], 1, zero_init_last=True)
+        self.score_net = (mlp(L + td + H * A + config.time_embed_dim, 2 * [M], H * A)
+                          if config.use_score_network else None)
+        self.register_buffer("energy_mean", torch.zeros(()), persistent=True)
+        self.register_buffer("energy_std", torch.ones(()), persistent=True)
+        self._planner = None
+        self._prev_mean: torch.Tensor | None = None  # (num_envs, H, A) warm start
+        self._has_prev: torch.Tensor | None = None  # (num_envs,) bool
+        self.post_init()
+
+    # --- energy and score ----------------------------------------------------------------------------------------
+    def energy_logits(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
+        """Implicit energy F: z (..., L), a (..., A) -> logit (..., 1); high = behaviour-like (z, a)."""
+        return self.energy(torch.cat([self.world_model.with_task(z, task), a], dim=-1))
+
+    def energy_bonus(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
+        """eta * clip((F - mean) / std, -clip, clip): the reward shaping used in planning. (..., 1)."""
+        cfg = self.config
+        f = (self.energy_logits(z, a, task) - self.energy_mean) / self.energy_std.clamp(min=1e-6)
+        return cfg.energy_eta * f.clamp(-cfg.energy_clip, cfg.energy_clip)
+
+    def score(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, task=None) -> torch.Tensor:
+        """Learned score of the action-sequence distribution: z (N, L), x (N, H, A), t (N,) -> (N, H, A)."""
+        if self.score_net is None:
+            raise ValueError("This policy has no score network (config.use_score_network is False).")
+        inp = torch.cat([self.world_model.with_task(z, task), x.flatten(-2),
+                         timestep_embedding(t, self.config.time_embed_dim).to(z.dtype)], dim=-1)
+        return self.score_net(inp).view_as(x)
+
+    # --- the planning-model interface used by planners ---------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_value(self, z, actions, task, generator=None):
+        shaping = self.energy_bonus if self.config.energy_eta != 0 else None
+        return self.world_model.estimate_value(z, actions, task, shaping=shaping, generator=generator)
+
+    def policy_rollout(self, z, task, horizon, generator=None):
+        return self.world_model.policy_rollout(z, task, horizon, generator=generator)
+
+    def action_mask(self, task, like):
+        return self.world_model.action_mask(task, like)
+
+    def pi(self, z, task=None, generator=None):
+        return self.world_model.pi(z, task, generator=generator)
+
+    # --- acting ------------------------------------------------------------------------------------------------------
+    @property
+    def planner(self):
+        from .planners import make_planner
+
+        if self._planner is None or self._planner.name != self.config.planner:
+            self._planner = make_planner(self.config)
+        return self._planner
+
+    def reset(self, env_ids=None) -> None:
+        """Forget the warm-start plan of the given environments (all when None), e.g. at episode start."""
+        if self._has_prev is None:
+            return
+        if env_ids is None:
+            self._has_prev.zero_()
+        else:
+            self._has_prev[torch.as_tensor(env_ids, dtype=torch.long, device=self._has_prev.device)] = False
+
+    def prepare_obs(self, obs, task) -> tuple[torch.Tensor, bool]:
+        """Observation(s) as a float tensor (B, O) on the model device, zero-padded from the task's true dim."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        single = obs.dim() == 1
+        if single:
+            obs = obs.unsqueeze(0)
+        if obs.dim() != 2:
+            raise ValueError(f"obs must be (obs_dim,) or (num_envs, obs_dim), got shape {tuple(obs.shape)}")
+        if not torch.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf")
+        O = self.config.obs_dim
+        if obs.shape[-1] < O:
+            dims = {self.config.obs_dims[i] for i in (task.tolist() if task.dim() else [task.item()])}
+            if dims != {obs.shape[-1]}:
+                raise ValueError(f"observation has dim {obs.shape[-1]}, expected {O} (padded) or the task's own "
+                                 f"{sorted(dims)}")
+            obs = F.pad(obs, (0, O - obs.shape[-1]))
+        elif obs.shape[-1] > O:
+            raise ValueError(f"observation has dim {obs.shape[-1]}, larger than this model's obs_dim {O}")
+        return obs, single
+
+    @torch.no_grad()
+    def select_action(self, obs, task=None, eval_mode: bool = False, generator: torch.Generator | None = None):
+        """Plan and return actions in [-1, 1] with the task's padded dims at 0.
+
+        obs: (O,) or (num_envs, O) (a task's true dim is padded). task: name / id (shared) or one per env.
+        Returns (A,) or (num_envs, A) as a tensor on the model device. Warm starts are kept per env index.
+        """
+        wm = self.world_model
+        t = wm.task_tensor(task, torch.empty(0, device=self.device))
+        obs, single = self.prepare_obs(obs, t)
+        B = obs.shape[0]
+        task_b = t.expand(B) if t.dim() == 0 else t
+        if task_b.shape[0] != B:
+            raise ValueError(f"got {task_b.shape[0]} task ids for {B} observations")
+        self._ensure_warm_start(B)
+        was_training = self.training
+        self.eval()
+        try:
+            z = wm.encode(obs, task_b)
+            action, mean = self.planner.plan(self, z, task_b, prev_mean=self._prev_mean, has_prev=self._has_prev,
+                                             eval_mode=eval_mode, generator=generator)
+        finally:
+            self.train(was_training)
+        if mean is not None:
+            self._prev_mean.copy_(mean)
+            self._has_prev.fill_(True)
+        return action[0] if single else action
+
+    def _ensure_warm_start(self, num_envs: int) -> None:
+        H, A = self.config.horizon, self.config.action_dim
+        if self._prev_mean is None or self._prev_mean.shape[0] != num_envs or self._prev_mean.device != self.device:
+            self._prev_mean = torch.zeros(num_envs, H, A, device=self.device)
+            self._has_prev = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+
+    def forward(self, obs: torch.Tensor, task=None) -> torch.Tensor:
+        """Deterministic action of the configured planner for a batch of observations (B, O) -> (B, A)."""
+        return self.select_action(obs, task=task, eval_mode=True)
+
+
+__all__ = [
+    "MBDPOPreTrainedModel",
+    "MBDPOWorldModel",
+    "MBDPODiffusionPolicy",
+    "QEnsemble",
+    "SimNorm",
+    "NormedLinear",
+    "PolicyOutput",
+    "mlp",
+    "two_hot",
+    "two_hot_inv",
+    "soft_ce",
+    "symlog",
+    "symexp",
+    "timestep_embedding",
+    "action_masks_from_config",
+]
