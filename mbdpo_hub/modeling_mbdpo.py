@@ -244,6 +244,9 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
     """TD-MPC2's latent world model. All methods take a `task` that is `None` (single task), an int, or a long
     tensor broadcastable against the leading dims of the input (right-aligned: (B,) against (T, B, ·))."""
 
+    # a policy checkpoint also holds the energy/score networks: loading its world model alone ignores them
+    _keys_to_ignore_on_load_unexpected = [r"^energy", r"^score_net"]
+
     def __init__(self, config: MBDPOConfig):
         super().__init__(config)
         L, A, td, M, nb = config.latent_dim, config.action_dim, config.task_dim, config.mlp_dim, config.num_bins
