@@ -168,6 +168,11 @@ class MBDPOConfig(PreTrainedConfig):
             raise ValueError("episodic=True (termination head) is single-task only, as in TD-MPC2.")
 
     def validate_architecture(self):
+        for name in ("num_enc_layers", "enc_dim", "mlp_dim", "latent_dim", "num_q", "simnorm_dim", "num_bins",
+                     "task_dim", "horizon", "num_samples", "num_elites", "num_pi_trajs", "diffusion_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"MBDPOConfig.{name} must be an int, got {value!r}.")
         for name in ("num_enc_layers", "enc_dim", "mlp_dim", "latent_dim", "num_q", "simnorm_dim", "time_embed_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"MBDPOConfig.{name} must be positive, got {getattr(self, name)}.")

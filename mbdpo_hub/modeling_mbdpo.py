@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -201,6 +202,15 @@ class MBDPOPreTrainedModel(PreTrainedModel):
     input_modalities = ("state",)
     supports_gradient_checkpointing = False
     _no_split_modules = ["QEnsemble"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, with a clear error for corrupt or truncated weight files."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as e:
+            raise OSError(f"Cannot load {cls.__name__} from {pretrained_model_name_or_path}: its model.safetensors "
+                          f"is corrupt or truncated ({e}). Re-download or re-save the checkpoint.") from e
 
     def _init_weights(self, module: nn.Module) -> None:
         """TD-MPC2 (e9f5932) init: trunc-normal(0.02) weights, zero biases, zero last layer of reward, Q and energy

@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from mbdpo_hub import MBDPODiffusionPolicy
+from mbdpo_hub.learner import MBDPOLearner, RunningScale
+
+
+def make_batch(cfg, B=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H = cfg.horizon
+    task = torch.randint(0, cfg.num_tasks, (B,), generator=g)
+    mask = torch.tensor(cfg.action_dims)[task].unsqueeze(-1) > torch.arange(cfg.action_dim)
+    obs = torch.randn(H + 1, B, cfg.obs_dim, generator=g)
+    action = (torch.rand(H, B, cfg.action_dim, generator=g) * 2 - 1) * mask
+    reward = obs[:-1, :, :1].tanh() + 1  # learnable: a function of the observation
+    return dict(obs=obs, action=action, reward=reward, terminated=torch.zeros(H, B, 1), task=task)
+
+
+def test_update_runs_and_learns_reward(tiny):
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny(lr=3e-3))
+    learner = MBDPOLearner(p)
+    batch = make_batch(p.config)
+    first = learner.update(batch)
+    for _ in range(60):
+        last = learner.update(batch)
+    for k in ("consistency_loss", "reward_loss", "value_loss", "energy_loss", "pi_loss", "grad_norm"):
+        assert k in last and torch.isfinite(torch.tensor(last[k]))
+    assert last["reward_loss"] < 0.5 * first["reward_loss"]
+    assert learner.num_updates == 61
+
+
+def test_energy_pairs_latent_and_action_of_the_same_step(tiny):
+    """The positive of row (t, b) must be (z[t, b], action[t, b]) (upstream mixed time- and batch-major)."""
+    p = MBDPODiffusionPolicy(tiny())
+    learner = MBDPOLearner(p)
+    cfg = p.config
+    H, B = 3, 5
+    z = torch.rand(H, B, cfg.latent_dim)
+    action = torch.rand(H, B, cfg.action_dim)
+    task = torch.tensor([0, 1, 0, 1, 0])
+    seen = []
+    handle = p.energy.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    learner.energy_loss(z, action, task)
+    handle.remove()
+    pos = seen[1]  # seen[0]: the three negative candidates (no grad); seen[1]: positives; seen[2]: negatives
+    assert pos.shape == (H, B, cfg.latent_dim + cfg.task_dim + cfg.action_dim)
+    torch.testing.assert_close(pos[..., : cfg.latent_dim], z)
+    torch.testing.assert_close(pos[..., -cfg.action_dim:], action)
+    emb = p.world_model.task_embedding(task)
+    torch.testing.assert_close(pos[..., cfg.latent_dim: cfg.latent_dim + cfg.task_dim], emb.expand(H, B, -1))
+
+
+def test_energy_learns_to_recognise_behaviour(tiny):
+    """Actions in the data are a fixed function of the state; after training, F ranks them above random ones."""
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny(tasks=["walker-walk"], obs_dims=[24], action_dims=[6], episode_lengths=[500],
+                                  task_dim=0))
+    learner = MBDPOLearner(p)
+    W = torch.randn(24, 6)
+    for i in range(80):
+        obs = torch.randn(4, 64, 24)
+        batch = dict(obs=obs, action=torch.tanh(obs[:-1] @ W), reward=torch.zeros(3, 64, 1), task=None)
+        m = learner.update(batch)
+    assert m["energy_accuracy"] > 0.8
+    obs = torch.randn(256, 24)
+    z = p.world_model.encode(obs)
+    good = p.energy_logits(z, torch.tanh(obs @ W))
+    bad = p.energy_logits(z, torch.rand(256, 6) * 2 - 1)
+    assert (good > bad).float().mean() > 0.8
+    assert p.energy_std.item() != 1.0  # running statistics were updated
+
+
+def test_score_loss_and_freeze(tiny):
+    p = MBDPODiffusionPolicy(tiny(use_score_network=True))
+    learner = MBDPOLearner(p, freeze=["encoder", "dynamics"], lr_scales={"qs": 0.5})
+    enc = [t.clone() for t in p.world_model.encoder.parameters()]
+    score0 = [t.clone() for t in p.score_net.parameters()]
+    m = learner.update(make_batch(p.config))
+    assert "score_loss" in m and m["score_loss"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(enc, p.world_model.encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(score0, p.score_net.parameters()))
+    lrs = {g["name"]: g["lr"] for g in learner.optim.param_groups}
+    assert "encoder" not in lrs and lrs["qs"] == pytest.approx(0.5 * p.config.lr)
+    with pytest.raises(ValueError, match="unknown parameter groups"):
+        MBDPOLearner(p, freeze=["decoder"])
+
+
+def test_polyak_and_state_dict_round_trip(tiny):
+    p = MBDPODiffusionPolicy(tiny())
+    learner = MBDPOLearner(p)
+    before = p.world_model.Qs.target_weight_0.clone()
+    learner.update(make_batch(p.config))
+    online, target = p.world_model.Qs.weight_0, p.world_model.Qs.target_weight_0
+    torch.testing.assert_close(target, before + p.config.tau * (online - before), rtol=1e-5, atol=1e-6)
+    state = learner.state_dict()
+    other = MBDPOLearner(p)
+    other.load_state_dict(state)
+    assert other.num_updates == 1 and torch.equal(other.scale.value, learner.scale.value)
+    assert other.optim.state_dict()["state"].keys() == learner.optim.state_dict()["state"].keys()
+
+
+def test_running_scale():
+    s = RunningScale(tau=1.0)
+    s.update(torch.linspace(0, 100, 1001))
+    assert s.value.item() == pytest.approx(90.0, rel=1e-3)
+    s.update(torch.zeros(10))
+    assert s.value.item() == 1.0  # clamped to at least 1
+
+
+def test_reduce_fn_is_applied(tiny):
+    calls = []
+
+    def reduce_fn(x):
+        calls.append(x.shape)
+        return x
+
+    p = MBDPODiffusionPolicy(tiny())
+    MBDPOLearner(p, reduce_fn=reduce_fn).update(make_batch(p.config))
+    assert len(calls) > len(list(p.parameters())) // 2

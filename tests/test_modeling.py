@@ -1,0 +1,180 @@
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from mbdpo_hub import MBDPOConfig, MBDPODiffusionPolicy, MBDPOWorldModel
+from mbdpo_hub.modeling_mbdpo import SimNorm, soft_ce, symexp, symlog, two_hot, two_hot_inv
+
+
+def randomise(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        for name, t in tensors.items():
+            if t.dtype.is_floating_point and t.numel() > 1 and not name.endswith(("action_masks", "discounts")):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+    return model
+
+
+def test_simnorm_groups_sum_to_one():
+    x = torch.randn(5, 7, 32)
+    y = SimNorm(8)(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.view(5, 7, 4, 8).sum(-1), torch.ones(5, 7, 4))
+
+
+def test_two_hot_round_trip(tiny):
+    cfg = tiny()
+    x = torch.tensor([-500.0, -3.3, -0.01, 0.0, 0.7, 12.0, 800.0]).unsqueeze(-1)
+    enc = two_hot(x, cfg)
+    assert enc.shape == (7, cfg.num_bins)
+    torch.testing.assert_close(enc.sum(-1), torch.ones(7))
+    # the expectation of the bins under the two-hot weights is exactly symlog(x)
+    bins = torch.linspace(cfg.vmin, cfg.vmax, cfg.num_bins)
+    torch.testing.assert_close((enc * bins).sum(-1, keepdim=True), symlog(x).clamp(cfg.vmin, cfg.vmax))
+    logits = torch.log(enc + 1e-12)
+    torch.testing.assert_close(two_hot_inv(logits, cfg), symexp(symlog(x).clamp(cfg.vmin, cfg.vmax)),
+                               rtol=1e-3, atol=1e-3)
+    top = two_hot(torch.tensor([[symexp(torch.tensor(10.0)).item() * 2]]), cfg)
+    assert top[0, -1] == pytest.approx(1.0)
+    # soft cross-entropy is minimised by the matching two-hot logits
+    assert soft_ce(logits, x, cfg).mean() < soft_ce(torch.zeros_like(logits), x, cfg).mean()
+
+
+def test_world_model_shapes_and_masks(tiny):
+    cfg = tiny()
+    wm = randomise(MBDPOWorldModel(cfg))
+    T, B = 3, 4
+    obs = torch.randn(T, B, cfg.obs_dim)
+    task = torch.tensor([0, 1, 1, 0])
+    z = wm.encode(obs, task)
+    assert z.shape == (T, B, cfg.latent_dim)
+    torch.testing.assert_close(z.view(T, B, -1, cfg.simnorm_dim).sum(-1), torch.ones(T, B, cfg.latent_dim // 8))
+    a = torch.rand(T, B, cfg.action_dim) * 2 - 1
+    assert wm.next(z, a, task).shape == (T, B, cfg.latent_dim)
+    assert wm.reward(z, a, task).shape == (T, B, cfg.num_bins)
+    assert wm.Q(z, a, task, "all").shape == (cfg.num_q, T, B, cfg.num_bins)
+    assert wm.Q(z, a, task, "min").shape == (T, B, 1)
+    out = wm.pi(z, task)
+    assert out.action.shape == (T, B, cfg.action_dim) and out.scaled_entropy.shape == (T, B, 1)
+    assert (out.action.abs() <= 1).all()
+    # cartpole (task 1) has one action dim: the padded five are exactly zero
+    assert (out.action[:, task == 1, 1:] == 0).all() and (out.mean[:, task == 1, 1:] == 0).all()
+    assert (out.action[:, task == 0, 1:] != 0).any()
+
+
+def test_q_ensemble_batched_equals_member_loop(tiny):
+    cfg = tiny(num_q=3, dropout=0.0)
+    wm = randomise(MBDPOWorldModel(cfg)).eval()
+    x = torch.randn(10, wm.Qs.weight_0.shape[-1])
+    out = wm.Qs(x)
+    for q in range(cfg.num_q):
+        h = x
+        for i in range(3):
+            h = h @ getattr(wm.Qs, f"weight_{i}")[q].T + getattr(wm.Qs, f"bias_{i}")[q]
+            if i < 2:
+                h = torch.nn.functional.layer_norm(h, h.shape[-1:], getattr(wm.Qs, f"ln_weight_{i}")[q],
+                                                   getattr(wm.Qs, f"ln_bias_{i}")[q])
+                h = torch.nn.functional.mish(h)
+        torch.testing.assert_close(out[q], h, rtol=1e-5, atol=1e-5)
+    heads = torch.tensor([2, 0])
+    torch.testing.assert_close(wm.Qs(x, heads=heads), out[heads])
+
+
+def test_init_and_polyak(tiny):
+    wm = MBDPOWorldModel(tiny())
+    assert (wm.reward_head[-1].weight == 0).all() and (wm.Qs.weight_2 == 0).all()
+    for name in wm.Qs.param_names():
+        assert torch.equal(getattr(wm.Qs, name), getattr(wm.Qs, f"target_{name}"))
+    z, a = torch.rand(4, 16), torch.rand(4, 6)
+    # uniform logits decode to 0 at init
+    torch.testing.assert_close(wm.Q(z, a, 0, "avg"), torch.zeros(4, 1))
+    before = wm.Qs.target_weight_1.clone()
+    with torch.no_grad():
+        wm.Qs.weight_1.add_(1.0)
+    wm.Qs.update_target(0.25)
+    torch.testing.assert_close(wm.Qs.target_weight_1, before + 0.25)
+    assert wm.num_parameters() == sum(p.numel() for p in wm.parameters())  # targets are buffers
+
+
+def test_policy_masks_and_entropy(tiny):
+    wm = randomise(MBDPOWorldModel(tiny()))
+    out = wm.pi(torch.rand(64, 16), torch.ones(64, dtype=torch.long))
+    assert torch.isfinite(out.log_prob).all() and torch.isfinite(out.scaled_entropy).all()
+    assert (out.log_std[:, 1:] == 0).all()
+    lo, hi = wm.config.log_std_min, wm.config.log_std_max
+    assert (out.log_std[:, 0] >= lo).all() and (out.log_std[:, 0] <= hi).all()
+
+
+def test_bad_inputs(tiny):
+    p = MBDPODiffusionPolicy(tiny())
+    with pytest.raises(ValueError, match="observation has dim 7"):
+        p.select_action(torch.randn(7), task="walker-walk")
+    with pytest.raises(ValueError, match="NaN"):
+        p.select_action(torch.full((24,), float("nan")), task="walker-walk")
+    with pytest.raises(ValueError, match="Unknown task"):
+        p.select_action(torch.randn(24), task="dog-run")
+    with pytest.raises(ValueError, match="pass task"):
+        p.select_action(torch.randn(24))
+    with pytest.raises(ValueError, match="observation has dim 30"):
+        p.world_model.encode(torch.randn(30), 0)
+    with pytest.raises(ValueError, match="task ids"):
+        p.select_action(torch.randn(2, 24), task=torch.tensor([0, 5]))
+
+
+def test_select_action_pads_true_dims_and_batches(tiny):
+    p = MBDPODiffusionPolicy(tiny())
+    a = p.select_action(torch.randn(5), task="cartpole-balance", eval_mode=True)
+    assert a.shape == (6,) and (a[1:] == 0).all()
+    a = p.select_action(torch.randn(3, 24), task=["walker-walk", "cartpole-balance", "walker-walk"])
+    assert a.shape == (3, 6) and (a[1, 1:] == 0).all() and (a.abs() <= 1).all()
+
+
+def test_save_load_bit_exact_with_buffers(tiny, tmp_path):
+    p = randomise(MBDPODiffusionPolicy(tiny(use_score_network=True)))
+    with torch.no_grad():
+        p.energy_mean.fill_(0.37)
+        p.energy_std.fill_(2.5)
+    p.save_pretrained(tmp_path)
+    q = MBDPODiffusionPolicy.from_pretrained(tmp_path)
+    s1, s2 = p.state_dict(), q.state_dict()
+    assert set(s1) == set(s2)
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    assert "world_model.Qs.target_weight_0" in s1 and "energy_std" in s1 and "world_model.action_masks" in s1
+    z = torch.rand(4, 16)
+    a = torch.rand(4, 6)
+    torch.testing.assert_close(p.energy_bonus(z, a, 0), q.energy_bonus(z, a, 0), rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    obs = torch.randn(2, 24)
+    torch.testing.assert_close(p.select_action(obs, task=0, generator=g1), q.select_action(obs, task=0, generator=g2))
+
+
+def test_auto_classes_and_cross_loading(tiny, tmp_path):
+    p = randomise(MBDPODiffusionPolicy(tiny()))
+    p.save_pretrained(tmp_path / "policy")
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "policy"), MBDPOConfig)
+    wm = MBDPOWorldModel.from_pretrained(tmp_path / "policy")  # base model from a policy checkpoint
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "policy"), MBDPOWorldModel)
+    for k, v in wm.state_dict().items():
+        assert torch.equal(v, p.state_dict()["world_model." + k]), k
+    wm.save_pretrained(tmp_path / "wm")
+    assert type(AutoModel.from_pretrained(tmp_path / "wm")) is MBDPOWorldModel
+    q = MBDPODiffusionPolicy.from_pretrained(tmp_path / "wm")  # energy missing: starts at F = 0 with stats 0/1
+    assert (q.energy[-1].weight == 0).all() and q.energy_std.item() == 1.0 and q.energy_mean.item() == 0.0
+    assert q.energy[0].weight.std() > 0.005 and torch.isfinite(q.energy[0].weight).all()
+
+
+def test_corrupt_safetensors_is_a_clear_error(tiny, tmp_path):
+    p = MBDPODiffusionPolicy(tiny())
+    p.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="model.safetensors"):
+        MBDPODiffusionPolicy.from_pretrained(tmp_path)
+    f.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(Exception, match="model.safetensors"):
+        MBDPODiffusionPolicy.from_pretrained(tmp_path)
