@@ -175,8 +175,7 @@ class ReplayBuffer:
 
         ``obs (T+1, obs_dim)``, ``action (T+1, A)`` and ``reward (T+1,)`` (row 0 ignored; NaN allowed there),
         ``terminated (T+1,)`` or None (all False; entry 0 is always stored as False).  Accepts numpy arrays or
-        tensors.  Extra keys from ``EpisodeRecorder.finish()`` (e.g. ``truncated``) are not accepted here; use
-        ``buffer.add_episode(**ep)`` only with the four arrays, or ``add_recorded(ep)``.
+        tensors.  ``buffer.add_episode(**recorder.finish(), task=k)`` works for a single-env ``EpisodeRecorder``.
         """
         obs_t, act_t, rew_t, term_t = self._validate_episode_arrays(obs, action, reward, terminated)
         self.add_episodes_from_arrays(obs_t, act_t, rew_t, term_t, episode_lengths=[obs_t.shape[0]], tasks=task)
@@ -580,6 +579,7 @@ class EpisodeRecorder:
         self.num_envs = num_envs
         self._n = 1 if num_envs is None else int(num_envs)
         self._obs: list[np.ndarray] | None = None
+        self._done = np.zeros(self._n, bool)
 
     @staticmethod
     def _np(x, dtype=np.float32) -> np.ndarray:
