@@ -48,6 +48,7 @@ class RunConfig:
     steps: int = 20_000  # environment steps (summed over num_envs)
     seed: int = 1
     num_envs: int = 1
+    episode_length: int | None = None  # override the task's episode length (smoke tests); default: the task's
     model_size: int = 1
     seed_steps: int | None = None  # random-action steps before planning; default max(1000, 5 x episode length)
     seed_updates: int | None = None  # burst of updates at the end of the seed phase; default seed_steps
@@ -101,7 +102,9 @@ class RunConfig:
         if unknown:
             raise ValueError(f"freeze: unknown parameter groups {sorted(unknown)}; known: {list(PARAM_GROUPS)}")
         horizon = int(self.model.get("horizon", MBDPOConfig().horizon))
-        ep_len = task_spec(self.task).episode_length
+        ep_len = self.episode_length or task_spec(self.task).episode_length
+        if self.episode_length is not None and self.episode_length <= 0:
+            raise ValueError(f"episode_length must be positive, got {self.episode_length}")
         if horizon >= ep_len:
             raise ValueError(f"horizon={horizon} is not shorter than {self.task}'s episodes ({ep_len} steps)")
         bad_model = set(self.model) - {f.name for f in dataclasses.fields(MBDPOConfig)}
@@ -210,7 +213,7 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: int = 0,
              planner: str | None = None, video_path: str | os.PathLike | None = None, video_size: int = 240,
-             progress: bool = False) -> dict[str, Any]:
+             episode_length: int | None = None) -> dict[str, Any]:
     """Deterministic evaluation (eval_mode=True): `episodes` episodes run side by side in a vector env, planning
     batched over them. Returns mean/std return (and success where the env reports it). With `video_path`, one more
     episode is rendered and written there."""
@@ -222,7 +225,8 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
     if planner is not None:
         cfg.planner = planner
     try:
-        envs = make_vec_env(task, episodes, seed=seed)
+        env_kw = {} if episode_length is None else dict(episode_length=episode_length)
+        envs = make_vec_env(task, episodes, seed=seed, **env_kw)
         obs, _ = envs.reset(seed=seed)
         policy.reset()
         returns = np.zeros(episodes)
@@ -243,18 +247,21 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
                       std_return=float(returns.std()), returns=returns.tolist(), planner=cfg.planner,
                       mean_success=float(success.mean()))
         if video_path is not None:
-            result["video"] = str(record_video(policy, task, video_path, seed=seed + 10_000, size=video_size))
+            result["video"] = str(record_video(policy, task, video_path, seed=seed + 10_000, size=video_size,
+                                               episode_length=episode_length))
         return result
     finally:
         cfg.planner = old_planner
 
 
 @torch.no_grad()
-def record_video(policy: MBDPODiffusionPolicy, task: str, path, seed: int = 0, size: int = 240) -> Path:
+def record_video(policy: MBDPODiffusionPolicy, task: str, path, seed: int = 0, size: int = 240,
+                 episode_length: int | None = None) -> Path:
     from .envs import make_env, record_episode_video
 
     cfg = policy.config
-    env = make_env(task, seed=seed, render_mode="rgb_array", render_width=size, render_height=size)
+    env_kw = {} if episode_length is None else dict(episode_length=episode_length)
+    env = make_env(task, seed=seed, render_mode="rgb_array", render_width=size, render_height=size, **env_kw)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     frames = [env.render()]
@@ -325,11 +332,12 @@ class OnlineTrainer:
         self.buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps + cfg.steps // 500 + 1), pcfg.obs_dim,
                                    pcfg.action_dim, pcfg.horizon, cfg.batch_size, seed=cfg.seed + acc.process_index)
         spec = task_spec(cfg.task)
-        self.episode_length = spec.episode_length
+        self.episode_length = cfg.episode_length or spec.episode_length
+        self.env_kw = {} if cfg.episode_length is None else dict(episode_length=cfg.episode_length)
         self.seed_steps = 0 if cfg.mode != "scratch" else (
-            cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * spec.episode_length))
+            cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length))
         self.seed_updates = cfg.seed_updates if cfg.seed_updates is not None else self.seed_steps
-        self.envs = make_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed + 1000 * acc.process_index)
+        self.envs = make_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed + 1000 * acc.process_index, **self.env_kw)
         self.A_env = self.envs.single_action_space.shape[0]
         self.step = 0
         self.episode = 0
@@ -470,12 +478,13 @@ class OnlineTrainer:
 
     def run_eval(self) -> dict:
         cfg = self.cfg
-        res = evaluate(self.policy, cfg.task, cfg.eval_episodes, seed=cfg.seed + 777)
+        res = evaluate(self.policy, cfg.task, cfg.eval_episodes, seed=cfg.seed + 777,
+                       episode_length=cfg.episode_length)
         row = dict(step=self.step, episode=self.episode, task=cfg.task, mean_return=res["mean_return"],
                    std_return=res["std_return"], episodes=cfg.eval_episodes, elapsed_s=round(self.elapsed, 1))
         self.append_csv("eval.csv", row)
         for old in cfg.eval_old_tasks:
-            r = evaluate(self.policy, old, cfg.eval_episodes, seed=cfg.seed + 777)
+            r = evaluate(self.policy, old, cfg.eval_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
             self.append_csv("eval_old_tasks.csv", dict(step=self.step, task=old, mean_return=r["mean_return"],
                                                        std_return=r["std_return"]))
         self.log({"eval/mean_return": res["mean_return"]})
@@ -592,7 +601,7 @@ class OnlineTrainer:
         if cfg.save_video:
             try:
                 video = record_video(self.policy, cfg.task, self.out / "eval_video.mp4", seed=cfg.seed + 4242,
-                                     size=cfg.video_size)
+                                     size=cfg.video_size, episode_length=cfg.episode_length)
             except Exception as e:  # rendering needs a GL backend; a run's results must not depend on it
                 acc.print(f"video skipped: {type(e).__name__}: {e}")
         curve = plot_learning_curve(self.out / "eval.csv", self.out / "learning_curve.png", title=cfg.task)

@@ -1,0 +1,111 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mbdpo_hub import MBDPODiffusionPolicy
+from mbdpo_hub.training import OnlineTrainer, load_run_config, parse_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "configs" / "tiny.yaml"
+
+
+def test_overrides_and_config_routing():
+    cfg = load_run_config(TINY, ["steps=300", "planner=mppi", "freeze=[encoder]", "lr_scales={qs: 0.5}",
+                                 "num_samples=8"])
+    assert cfg.steps == 300 and cfg.model["planner"] == "mppi" and cfg.model["num_samples"] == 8
+    assert cfg.freeze == ["encoder"] and cfg.lr_scales == {"qs": 0.5}
+    assert parse_overrides(["--seed=3", "output_dir=runs/x"]) == {"seed": 3, "output_dir": "runs/x"}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("task=walker-fly", "Unknown task"),
+    ("steps=-5", "steps must be positive"),
+    ("horizon=150", "horizon=150 is not shorter"),
+    ("warp_speed=9", "unknown config key"),
+    ("freeze=[decoder]", "unknown parameter groups"),
+    ("mode=sideways", "mode must be"),
+])
+def test_bad_config_values(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_run_config(TINY, [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_run_config("nope.yaml", [])
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_run_config(TINY, [f"output_dir={out}", "log_with=tensorboard"])
+    results = OnlineTrainer(cfg).run()
+    for name in ("config.json", "model.safetensors", "train_config.yaml", "train.csv", "eval.csv",
+                 "learning_curve.png", "eval_video.mp4", "eval_results.json", "README.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "mbdpo").rglob("events.out.tfevents*")), "tensorboard logs"
+    policy = MBDPODiffusionPolicy.from_pretrained(out)
+    assert policy.config.tasks == ["cartpole-balance"]
+    a = policy.select_action(torch.zeros(5), eval_mode=True)
+    assert a.shape == (1,)
+    train = _rows(out / "train.csv")
+    assert [int(r["step"]) for r in train] == [100, 200, 300, 400]
+    assert train[-1]["reward_loss"] != ""  # updates happened after the seed phase
+    ev = _rows(out / "eval.csv")
+    assert int(ev[-1]["step"]) == 400
+    payload = json.loads((out / "eval_results.json").read_text())
+    assert payload["results"]["cartpole-balance"]["mean_return"] == pytest.approx(results["cartpole-balance"]
+                                                                                  ["mean_return"])
+    from mbdpo_hub.hub.cards import validate_card
+
+    meta = validate_card(out / "README.md")
+    assert meta["library_name"] == "mbdpo-hub"
+    # evaluate a saved run through the CLI
+    from mbdpo_hub.cli import main
+
+    assert main(["evaluate", str(out), "--episodes", "2", "--planner", "policy",
+                 "--output", str(tmp_path / "ev.json")]) == 0
+    ev_json = json.loads((tmp_path / "ev.json").read_text())
+    assert ev_json["results"]["cartpole-balance"]["episodes"] == 2
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "recipes" / "train.py"), "--config", str(TINY), f"output_dir={out}",
+           "steps=600", "save_video=false", "eval_freq=0", "log_with=none", "progress=false"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pointer = out / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and "step_000000300" in pointer.read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)  # killed mid-run, no chance to clean up
+    proc.wait()
+    assert not (out / "model.safetensors").exists()
+    killed_at = _rows(out / "train.csv")
+    assert killed_at, "some episodes were logged before the kill"
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "resumed from" in done.stdout + done.stderr
+    steps = [int(r["step"]) for r in _rows(out / "train.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 600  # no duplicated or lost rows
+    assert (out / "model.safetensors").is_file()
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert len(ckpts) <= 2 and not list((out / "checkpoints").glob(".tmp-*"))
