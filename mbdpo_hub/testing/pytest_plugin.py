@@ -36,7 +36,7 @@ from .hub_server import LocalHub, start_local_hub
 
 REAL_TESTS_ENV = "MBDPO_HUB_REAL_TESTS"
 
-__all__ = ["LocalHubFixture", "local_hub", "local_hub_server", "requires_real_hub", "REAL_TESTS_ENV"]
+__all__ = ["LocalHubFixture", "local_hub", "local_hub_server", "real_hub_enabled", "requires_real_hub", "REAL_TESTS_ENV"]
 
 
 def real_hub_enabled() -> bool:

@@ -1,0 +1,76 @@
+"""Shared helpers for the benchmark scripts: timing, FLOP counting and the machine's own matmul reference rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, float, float]:
+    """(median, min, max) seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), max(times)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of fn (matmuls and friends, as torch's FlopCounterMode counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(dtype: str = "fp32", n: int = 8192, k: int = 512, repeats: int = 7) -> float:
+    """The machine's own dense matmul rate (FLOP/s) for an (n x k) @ (k x k) product: the reference for 'achieved
+    fraction'. Measured in the same process, so it reflects the same threads and clocks."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        n, k = 16384, 4096
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, k, device=device, dtype=torch_dtype)
+    b = torch.randn(k, k, device=device, dtype=torch_dtype)
+    med, _, _ = median_time(lambda: a @ b, repeats, warmup=2)
+    return 2 * n * k * k / med
+
+
+def machine_info() -> dict:
+    info = dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+                threads=torch.get_num_threads(), cpu_count=os.cpu_count())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
