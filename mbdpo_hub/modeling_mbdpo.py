@@ -212,6 +212,26 @@ class MBDPOPreTrainedModel(PreTrainedModel):
             raise OSError(f"Cannot load {cls.__name__} from {pretrained_model_name_or_path}: its model.safetensors "
                           f"is corrupt or truncated ({e}). Re-download or re-save the checkpoint.") from e
 
+    def push_to_hub(self, repo_id: str, *, card=None, eval_results: dict | None = None,
+                    normalized_score: float | None = None, extra_files: dict | None = None,
+                    revision: str | None = None, tag: str | None = None,
+                    commit_message: str = "Upload MBDPO checkpoint", private: bool = False, token=None, **card_kwargs):
+        """Push weights + config with OUR model card (library_name mbdpo-hub, per-task model-index) in one commit.
+
+        Unlike transformers' default, which writes a `library_name: transformers` card, the card comes from
+        `model_cards/model_card_template.md` (`mbdpo_hub.hub.cards.build_model_card`), unless `card` is given.
+        `revision` is a branch (created if missing); `tag` tags the new commit.
+        """
+        from .hub.cards import build_model_card
+        from .hub.publish import push_pretrained
+
+        if card is None:
+            card = build_model_card(repo_id=repo_id, config_dict=self.config.to_dict(),
+                                    eval_results=eval_results or {}, normalized_score=normalized_score,
+                                    revision=tag, **card_kwargs)
+        return push_pretrained(self, repo_id, card=card, extra_files=extra_files, revision=revision, tag=tag,
+                               commit_message=commit_message, private=private, token=token)
+
     def _init_weights(self, module: nn.Module) -> None:
         """TD-MPC2 (e9f5932) init: trunc-normal(0.02) weights, zero biases, zero last layer of reward, Q and energy
         heads (so they start uniform / at 0), uniform(+-0.02) task embeddings; the Q target starts as a copy."""

@@ -313,3 +313,17 @@ def test_push_dataset_folder(local_hub, tmp_path):
     assert api.list_repo_commits("org/eps", repo_type="dataset")[1].commit_id == info.oid != info2.oid
     with pytest.raises(ValueError, match="parquet"):
         push_dataset_folder(folder / "meta", "org/eps", card=card)
+
+
+def test_policy_push_to_hub_writes_our_card(local_hub, tiny):
+    from mbdpo_hub import MBDPODiffusionPolicy
+
+    policy = MBDPODiffusionPolicy(tiny())
+    policy.push_to_hub("org/tiny-policy", eval_results={"walker-walk": dict(mean_return=12.5, std_return=1.5,
+                                                                            episodes=3)}, tag="v1")
+    readme = Path(hf_hub_download("org/tiny-policy", "README.md", revision="v1")).read_text()
+    assert "library_name: mbdpo-hub" in readme and "12.50 +/- 1.50" in readme
+    local_hub.new_cache()
+    back = MBDPODiffusionPolicy.from_pretrained("org/tiny-policy", revision="v1")
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k

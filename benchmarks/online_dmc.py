@@ -1,0 +1,166 @@
+"""Online learning benchmark: short MBDPO trainings on DMControl, diffusion planner vs MPPI on the same world model,
+against the paper's curves (../shared/reference-results, evaluated every 100k steps).
+
+    python benchmarks/online_dmc.py --tasks cartpole-balance --seeds 1 2 3 --steps 20000 --planners diffusion mppi
+    python benchmarks/online_dmc.py --summarize-only          # re-read finished/partial runs, rewrite JSON + plot
+
+Each (task, planner, seed) is a normal run folder under --runs-dir (killed, it resumes). Runs go in parallel with
+--jobs. The default CPU setting is recipes/configs/online.yaml (1M preset, 6 reverse diffusion steps x 256 samples);
+the JSON records the setting and the measured seconds per environment step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("MBDPO_REFERENCE_RESULTS", REPO.parent / "shared" / "reference-results"))
+
+
+def run_one(task, planner, seed, args) -> Path:
+    out = Path(args.runs_dir) / f"{task}_{planner}_s{seed}"
+    cmd = [sys.executable, str(REPO / "recipes" / "train.py"), "--config", args.config, f"task={task}",
+           f"planner={planner}", f"seed={seed}", f"steps={args.steps}", f"eval_freq={args.eval_freq}",
+           f"output_dir={out}", "progress=false", f"save_video={str(args.video).lower()}", *args.overrides]
+    if (out / "eval_results.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "benchmark.log", "a") as log:
+        t0 = time.time()
+        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        log.write(f"\nexit {rc} after {time.time() - t0:.0f}s\n")
+    return out
+
+
+def read_curve(run: Path):
+    path = run / "eval.csv"
+    if not path.exists():
+        return [], []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [int(float(r["step"])) for r in rows], [float(r["mean_return"]) for r in rows]
+
+
+def reference(method: str, task: str):
+    path = REFERENCE / method / f"{task}.csv"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    by_step: dict[int, list[float]] = {}
+    for r in rows:
+        by_step.setdefault(int(float(r["step"])), []).append(float(r["reward"]))
+    return {s: (float(np.mean(v)), float(np.std(v)), len(v)) for s, v in sorted(by_step.items())}
+
+
+def summarize(args) -> dict:
+    runs = []
+    for task in args.tasks:
+        for planner in args.planners:
+            for seed in args.seeds:
+                run = Path(args.runs_dir) / f"{task}_{planner}_s{seed}"
+                steps, returns = read_curve(run)
+                info = {}
+                if (run / "eval_results.json").exists():
+                    info = json.loads((run / "eval_results.json").read_text())
+                runs.append(dict(task=task, planner=planner, seed=seed, steps=steps, returns=returns,
+                                 finished=bool(info), env_steps=info.get("env_steps"),
+                                 elapsed_s=info.get("elapsed_s"),
+                                 s_per_env_step=(info["elapsed_s"] / info["env_steps"]) if info else None))
+    summary = {}
+    for task in args.tasks:
+        for planner in args.planners:
+            rs = [r for r in runs if r["task"] == task and r["planner"] == planner and r["returns"]]
+            if not rs:
+                continue
+            last = [r["returns"][-1] for r in rs]
+            best_common = min(r["steps"][-1] for r in rs)
+            summary[f"{task}/{planner}"] = dict(
+                seeds=[r["seed"] for r in rs], last_step=[r["steps"][-1] for r in rs], last_return=last,
+                mean_last_return=float(np.mean(last)), std_last_return=float(np.std(last)),
+                common_step=best_common, finished=[r["finished"] for r in rs])
+    refs = {t: {m: reference(m, t) for m in ("mbdpo", "tdmpc2")} for t in args.tasks}
+    payload = dict(benchmark="online_dmc", config=args.config, overrides=args.overrides, steps=args.steps,
+                   runs=runs, summary=summary, reference_first_points={
+                       t: {m: (v and {str(k): x for k, x in list(v.items())[:2]}) for m, v in d.items()}
+                       for t, d in refs.items()})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, out)
+    plot(runs, refs, args, out.with_suffix(".png"))
+    for k, v in summary.items():
+        print(f"{k:40s} last eval {v['mean_last_return']:7.1f} +/- {v['std_last_return']:5.1f} "
+              f"(seeds {v['seeds']}, steps {v['last_step']})")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return payload
+
+
+def plot(runs, refs, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.tasks), figsize=(4.5 * len(args.tasks), 3.4), dpi=110, squeeze=False)
+    for ax, task in zip(axes[0], args.tasks):
+        for planner in args.planners:
+            rs = [r for r in runs if r["task"] == task and r["planner"] == planner and r["returns"]]
+            for i, r in enumerate(rs):
+                ax.plot(r["steps"], r["returns"], alpha=0.35, color="C0" if planner == "diffusion" else "C1")
+            if rs:
+                n = min(len(r["returns"]) for r in rs)
+                ax.plot(rs[0]["steps"][:n], np.mean([r["returns"][:n] for r in rs], 0), lw=2,
+                        color="C0" if planner == "diffusion" else "C1", label=f"ours {planner} ({len(rs)} seeds)")
+        for m, style in (("mbdpo", "--"), ("tdmpc2", ":")):
+            ref = refs[task].get(m)
+            if ref and 100_000 in ref:
+                ax.axhline(ref[100_000][0], ls=style, color="gray", label=f"paper {m} @100k")
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("eval return")
+        ax.set_ylim(0, 1000)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["cartpole-balance", "reacher-easy", "walker-stand"])
+    ap.add_argument("--planners", nargs="+", default=["diffusion", "mppi"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--steps", type=int, default=20_000)
+    ap.add_argument("--eval-freq", type=int, default=2_500)
+    ap.add_argument("--config", default=str(REPO / "recipes" / "configs" / "online.yaml"))
+    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "online_dmc"))
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--video", action="store_true")
+    ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "online_dmc.json"))
+    ap.add_argument("overrides", nargs="*", help="extra key=value for every run")
+    args = ap.parse_args(argv)
+    if not args.summarize_only:
+        jobs = [(t, p, s) for t in args.tasks for s in args.seeds for p in args.planners]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            list(pool.map(lambda j: run_one(*j, args), jobs))
+    summarize(args)
+
+
+if __name__ == "__main__":
+    main()
