@@ -325,6 +325,13 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         """Per-task discount, shaped like the task tensor."""
         return self.discounts[self.task_tensor(task, like)]
 
+    def za(self, z: torch.Tensor, a: torch.Tensor, task) -> torch.Tensor:
+        """[z, task embedding, a]: the input of dynamics, reward, Q and energy networks (checks a's dim)."""
+        if a.shape[-1] != self.config.action_dim:
+            raise ValueError(f"action has dim {a.shape[-1]}, this model expects {self.config.action_dim} "
+                             "(pad task actions with zeros at the end).")
+        return torch.cat([self.with_task(z, task), a], dim=-1)
+
     # --- networks ----------------------------------------------------------------------------------------------------
     def encode(self, obs: torch.Tensor, task=None) -> torch.Tensor:
         """obs (..., O) -> latent z (..., L) (SimNorm groups each sum to 1)."""
@@ -335,11 +342,11 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
 
     def next(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         """Latent dynamics: z (..., L), a (..., A) -> next z (..., L)."""
-        return self.dynamics(torch.cat([self.with_task(z, task), a], dim=-1))
+        return self.dynamics(self.za(z, a, task))
 
     def reward(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         """Reward logits (..., nb); decode with `two_hot_inv`."""
-        return self.reward_head(torch.cat([self.with_task(z, task), a], dim=-1))
+        return self.reward_head(self.za(z, a, task))
 
     def termination(self, z: torch.Tensor, task=None, unnormalized: bool = False) -> torch.Tensor:
         """Termination probability (or logit) (..., 1); episodic models only."""
@@ -371,7 +378,7 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         decoded to scalars (..., 1) (TD-MPC2's rule)."""
         if return_type not in ("all", "min", "avg"):
             raise ValueError(f"return_type must be 'all', 'min' or 'avg', got {return_type!r}")
-        x = torch.cat([self.with_task(z, task), a], dim=-1)
+        x = self.za(z, a, task)
         if return_type == "all":
             return self.Qs(x, target=target, detach=detach)
         heads = torch.randperm(self.config.num_q, generator=generator, device="cpu")[:2].to(z.device)
@@ -447,7 +454,7 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
     # --- energy and score ----------------------------------------------------------------------------------------
     def energy_logits(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         """Implicit energy F: z (..., L), a (..., A) -> logit (..., 1); high = behaviour-like (z, a)."""
-        return self.energy(torch.cat([self.world_model.with_task(z, task), a], dim=-1))
+        return self.energy(self.world_model.za(z, a, task))
 
     def energy_bonus(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         """eta * clip((F - mean) / std, -clip, clip): the reward shaping used in planning. (..., 1)."""

@@ -120,6 +120,10 @@ def test_bad_inputs(tiny):
         p.select_action(torch.randn(24))
     with pytest.raises(ValueError, match="observation has dim 30"):
         p.world_model.encode(torch.randn(30), 0)
+    with pytest.raises(ValueError, match="action has dim 4"):
+        p.world_model.next(torch.rand(2, 16), torch.rand(2, 4), 0)
+    with pytest.raises(ValueError, match="action has dim 7"):
+        p.energy_logits(torch.rand(2, 16), torch.rand(2, 7), 0)
     with pytest.raises(ValueError, match="task ids"):
         p.select_action(torch.randn(2, 24), task=torch.tensor([0, 5]))
 
