@@ -46,7 +46,7 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(dtype: str = "fp32", n: int = 8192, k: int = 512, repeats: int = 7) -> float:
+def matmul_rate(dtype: str = "fp32", n: int = 8192, k: int = 512, repeats: int = 15) -> float:
     """The machine's own dense matmul rate (FLOP/s) for an (n x k) @ (k x k) product: the reference for 'achieved
     fraction'. Measured in the same process, so it reflects the same threads and clocks."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,6 +64,8 @@ def machine_info() -> dict:
                 threads=torch.get_num_threads(), cpu_count=os.cpu_count())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    if hasattr(os, "getloadavg"):  # other work on the machine skews timings; the fraction is less affected
+        info["loadavg_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
     return info
 
 
