@@ -87,3 +87,16 @@ def test_config_json_round_trip(tmp_path):
     c.save_pretrained(tmp_path)
     d = MBDPOConfig.from_pretrained(tmp_path)
     assert d.to_dict() == c.to_dict()
+
+
+def test_from_env_single_multi_and_vector():
+    from mbdpo_hub.envs import MultiTaskEnv, make_env, make_vec_env
+
+    c = MBDPOConfig.from_env(make_env("reacher-easy"), horizon=3)
+    assert (c.tasks, c.obs_dim, c.action_dim, c.task_dim) == (["reacher-easy"], 6, 2, 0)
+    env = MultiTaskEnv(["cartpole-balance", "walker-walk"])
+    c = MBDPOConfig.from_env(env, task_dim=16)
+    assert c.obs_dims == [5, 24] and c.action_dims == [1, 6] and (c.obs_dim, c.action_dim) == (24, 6)
+    venv = make_vec_env("cup-catch", 2)
+    assert MBDPOConfig.from_env(venv).tasks == ["cup-catch"]
+    venv.close()
