@@ -456,6 +456,9 @@ class OnlineTrainer:
         if self.offline_buffer is not None and self.cfg.mode == "offline-to-online":
             from .buffer import sample_mixed
 
+            if self.buffer.num_windows == 0:  # before the first online episode ends: offline data only
+                return self.offline_buffer.sample(self.cfg.batch_size)
+
             return sample_mixed([self.offline_buffer, self.buffer],
                                 [self.cfg.offline_ratio, 1 - self.cfg.offline_ratio], self.cfg.batch_size)
         return self.buffer.sample()

@@ -1,0 +1,523 @@
+"""Fine-tuning a pretrained MBDPO / TD-MPC2 world model on a (possibly new) task: online or offline-to-online.
+
+    policy = load_source_policy("runs/mt", revision=None)       # folder, Hub id, official .pt/.pt.xz, or None
+    new, info = adapt_policy_to_task(policy, "reacher-easy", source_task="cartpole-balance")
+    trainer = make_finetune_trainer(load_run_config("recipes/configs/finetune.yaml", ["checkpoint=runs/mt"]))
+    trainer.run()
+
+or `accelerate launch recipes/finetune.py --config recipes/configs/finetune.yaml checkpoint=... task=...`.
+
+Model surgery (`adapt_policy_to_task`) always returns a NEW policy; the source object and its files are never
+modified. The rules:
+
+* the task is already in the checkpoint: it is reused as is (a copy of the model).
+* a multi-task checkpoint (task_dim > 0) and a new task: one task-embedding row is appended (task id = the old
+  number of tasks), initialised by `init`:
+    - ``"source"``: a copy of `source_task`'s row (must be one of the checkpoint's tasks);
+    - ``"nearest"``: a copy of the row of the nearest task by `nearest_task` (the paper's O2O pairs first, e.g.
+      walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the same domain,
+      then the same (obs, action) dims; first in checkpoint order), else the mean of all rows;
+    - ``"mean"``: the mean of all rows.
+  `tasks / obs_dims / action_dims / episode_lengths` gain the task, its action-mask row comes from its true action
+  dim and its discount from its episode length (TD-MPC2's heuristic).
+* a single-task checkpoint (task_dim 0): there is no embedding to add; the task REPLACES the old one when its dims
+  fit the checkpoint's (padded) dims, else a ValueError.
+* dims: a task whose obs dim exceeds the padded obs_dim extends the encoder's first Linear with zero input columns
+  at the end of the observation part (before the task-embedding columns); a larger action dim extends the action
+  input columns of the dynamics / reward / Q (and its Polyak target) / energy first layers (zero columns at the end),
+  the policy head's output rows (zero rows at the end of both the mean and the log-std halves) and the score
+  network's input/output slots (zeros). Old weights are kept exactly, so on the old tasks the adapted model's
+  encoder / dynamics / reward / Q / policy / energy outputs equal the source's.
+
+`make_finetune_trainer(cfg)` builds the `OnlineTrainer` for `mode=online` or `mode=offline-to-online` (offline data
+from `cfg.offline_dataset`, a local dataset folder or a Hub dataset id, remapped to the fine-tuning task's id).
+`cfg.source_task` selects the embedding initialisation: a task name (``init="source"``), ``"nearest"`` (default
+when empty) or ``"mean"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_mbdpo import MBDPOConfig
+from .modeling_mbdpo import MBDPODiffusionPolicy
+
+logger = logging.getLogger(__name__)
+
+#: the embedded default checkpoint (used when `checkpoint` is None)
+DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "pretrained" / "default"
+
+#: the paper's offline-to-online pairs (target <- source whose embedding row is copied), reference notes §7 / §3.3
+PAPER_SOURCE_TASKS: dict[str, str] = {
+    "walker-run": "walker-walk",
+    "cheetah-run": "cheetah-run-backwards",
+    "hopper-hop": "hopper-stand",
+    "pendulum-swingup": "pendulum-spin",
+    "reacher-hard": "reacher-easy",
+    "mw-bin-picking": "mw-pick-place",
+    "mw-box-close": "mw-assembly",
+    "mw-door-lock": "mw-door-open",
+    "mw-door-unlock": "mw-door-open",
+    "mw-hand-insert": "mw-sweep-into",
+}
+
+INITS = ("source", "nearest", "mean")
+
+#: config fields that change tensor shapes or module structure: a run override may not change them
+STRUCTURAL_FIELDS = frozenset({
+    "tasks", "obs_dims", "action_dims", "episode_lengths", "obs_dim", "action_dim", "task_set", "episodic",
+    "model_size", "num_enc_layers", "enc_dim", "mlp_dim", "latent_dim", "task_dim", "num_q", "dropout",
+    "simnorm_dim", "num_bins", "vmin", "vmax", "log_std_min", "log_std_max", "use_score_network", "time_embed_dim",
+})
+
+#: config attributes where a checkpoint may name the dataset it was pretrained on (first found is used)
+PRETRAINING_DATASET_ATTRS = ("pretraining_dataset", "pretrain_dataset", "offline_dataset", "dataset")
+
+__all__ = [
+    "DEFAULT_CHECKPOINT_DIR",
+    "PAPER_SOURCE_TASKS",
+    "load_source_policy",
+    "adapt_policy_to_task",
+    "nearest_task",
+    "apply_model_overrides",
+    "load_offline_buffer",
+    "make_finetune_trainer",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _is_official_file(path: str) -> bool:
+    return path.endswith((".pt", ".pt.xz", ".pth"))
+
+
+def load_source_policy(checkpoint: str | os.PathLike | None = None, revision: str | None = None,
+                       **kwargs: Any) -> MBDPODiffusionPolicy:
+    """The pretrained policy to fine-tune.
+
+    `checkpoint`: a local `save_pretrained` folder, a Hub model id (`revision`: branch, tag or commit sha), an
+    official TD-MPC2 / MBDPO ``.pt`` / ``.pt.xz`` file (through `convert_official_checkpoint`; `kwargs` go to it,
+    e.g. ``tasks="mt30"``), or None for the embedded default (`mbdpo_hub/pretrained/default/`).
+    The returned policy has `finetune_source` = dict(checkpoint, revision, commit, kind) attached.
+    """
+    kind = "folder"
+    if checkpoint is None:
+        path = DEFAULT_CHECKPOINT_DIR
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no checkpoint given and the embedded default checkpoint {path} does not exist (yet): pass "
+                "checkpoint=<local folder | Hub model id | official .pt/.pt.xz file>.")
+        checkpoint, kind = str(path), "default"
+    ckpt = str(checkpoint)
+    commit = None
+    if _is_official_file(ckpt):
+        if not Path(ckpt).is_file():
+            raise FileNotFoundError(f"official checkpoint file {ckpt} does not exist")
+        from .convert import convert_official_checkpoint  # lazy: optional, heavy
+
+        policy = convert_official_checkpoint(ckpt, **kwargs)
+        kind = "official"
+    elif Path(ckpt).exists():
+        if not Path(ckpt).is_dir() or not (Path(ckpt) / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} is not a model folder (no config.json in it) nor an "
+                                    "official .pt/.pt.xz file")
+        if revision is not None:
+            warnings.warn(f"revision={revision!r} ignored: checkpoint {ckpt} is a local folder", stacklevel=2)
+        policy = MBDPODiffusionPolicy.from_pretrained(ckpt)
+    else:
+        kind = "hub"
+        try:
+            policy = MBDPODiffusionPolicy.from_pretrained(ckpt, revision=revision)
+        except Exception as e:  # noqa: BLE001 - transformers raises OSError / ValueError / HF errors
+            rev = "" if revision is None else f" at revision {revision!r}"
+            raise OSError(
+                f"cannot load checkpoint {ckpt!r}{rev}: it is not a local folder or file, and the Hub repo"
+                f"{' / revision' if revision else ''} could not be loaded ({type(e).__name__}: {e}). Check the "
+                "repo id, the revision (branch, tag or commit) and, offline, that it is in the cache.") from e
+        commit = getattr(policy.config, "_commit_hash", None) or _cached_commit(ckpt, revision)
+    policy.finetune_source = dict(checkpoint=ckpt, revision=revision, commit=commit, kind=kind)
+    return policy
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit sha a Hub revision resolved to (from the cache snapshot just downloaded; works offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        return Path(path).parent.name if isinstance(path, str) else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model surgery
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _domain(task: str) -> str:
+    return task.split("-", 1)[0]
+
+
+def nearest_task(task: str, tasks: list[str], obs_dims: list[int], action_dims: list[int], obs_dim: int,
+                 action_dim: int) -> str | None:
+    """The checkpoint task whose embedding row initialises `task` under ``init="nearest"``, or None (use the mean).
+
+    Rule, first match wins, ties broken by checkpoint order: (1) the paper's O2O source (`PAPER_SOURCE_TASKS`);
+    (2) same domain prefix (``walker-``) and same (obs, action) dims; (3) same domain prefix; (4) same (obs, action)
+    dims; else None.
+    """
+    paper = PAPER_SOURCE_TASKS.get(task)
+    if paper in tasks:
+        return paper
+    dims = {t: (o, a) for t, o, a in zip(tasks, obs_dims, action_dims)}
+    same_domain = [t for t in tasks if _domain(t) == _domain(task)]
+    for cands in ([t for t in same_domain if dims[t] == (obs_dim, action_dim)], same_domain,
+                  [t for t in tasks if dims[t] == (obs_dim, action_dim)]):
+        if cands:
+            return cands[0]
+    return None
+
+
+def _index_map(old: int, new: int, *, insert_at: int | None = None, shift: int | None = None) -> torch.Tensor:
+    """Positions of `old` entries in a dim of size `new`: identity (new slots at the end) or, with `insert_at`,
+    old entries from index `insert_at` on moved by `shift` (default new - old: all new slots inserted there)."""
+    idx = torch.arange(old)
+    if insert_at is not None:
+        idx = torch.where(idx >= insert_at, idx + (new - old if shift is None else shift), idx)
+    return idx
+
+
+def _place(old: torch.Tensor, new_shape: tuple[int, ...], maps: dict[int, torch.Tensor]) -> torch.Tensor:
+    """A zero tensor of `new_shape` with `old` scattered in (dim d through maps[d], other dims identity)."""
+    t = old.detach().clone()
+    for d, size in enumerate(new_shape):
+        if t.shape[d] == size and d not in maps:
+            continue
+        m = maps.get(d, torch.arange(t.shape[d]))
+        if m.numel() != t.shape[d] or (m.numel() and int(m.max()) >= size):
+            raise ValueError(f"cannot place a tensor of shape {tuple(old.shape)} into {new_shape} (dim {d})")
+        shape = list(t.shape)
+        shape[d] = size
+        t = torch.zeros(shape, dtype=t.dtype).index_copy_(d, m, t)
+    return t
+
+
+def _task_dims(task: str, obs_dim: int | None, action_dim: int | None, episode_length: int | None):
+    if obs_dim is None or action_dim is None or episode_length is None:
+        from .envs.tasks import task_spec
+
+        spec = task_spec(task)
+        obs_dim = spec.obs_dim if obs_dim is None else obs_dim
+        action_dim = spec.action_dim if action_dim is None else action_dim
+        episode_length = spec.episode_length if episode_length is None else episode_length
+    return int(obs_dim), int(action_dim), int(episode_length)
+
+
+def _config_with(config: MBDPOConfig, **changes: Any) -> MBDPOConfig:
+    d = config.to_dict()
+    for k in ("transformers_version", "architectures", "_name_or_path", "_commit_hash"):
+        d.pop(k, None)
+    d.update(changes)
+    try:
+        return MBDPOConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid config for the adapted model ({', '.join(sorted(changes)) or 'copy'}): "
+                         f"{e}") from e
+    except Exception as e:  # noqa: BLE001 - huggingface_hub's strict-dataclass validation errors
+        if type(e).__name__.startswith("StrictDataclass"):
+            raise ValueError(f"invalid config for the adapted model: {e}") from e
+        raise
+
+
+def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: str | None = None,
+                         init: str | None = None, *, obs_dim: int | None = None, action_dim: int | None = None,
+                         episode_length: int | None = None) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
+    """A NEW policy that knows `task` (see the module docstring for the rules); the source is not modified.
+
+    `init`: ``"source"`` (needs `source_task`), ``"nearest"`` or ``"mean"``; default ``"source"`` when
+    `source_task` is given, else ``"nearest"``. The task's true obs/action dims and episode length come from
+    `mbdpo_hub.envs.task_spec` unless given. Returns (policy, info) with info keys: task, task_id, added,
+    replaced, init, source_task (the row copied, None for the mean), extended_obs (old, new) or None,
+    extended_action (old, new) or None.
+    """
+    cfg = policy.config
+    if init is None:
+        init = "source" if source_task else "nearest"
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "source" and not source_task:
+        raise ValueError("init='source' needs source_task=<one of the checkpoint's tasks>")
+    if source_task and source_task not in cfg.tasks:
+        raise ValueError(f"source_task {source_task!r} is not in the checkpoint; its tasks are {cfg.tasks}")
+    o, a, ep_len = _task_dims(task, obs_dim, action_dim, episode_length)
+    info: dict[str, Any] = dict(task=task, added=False, replaced=None, init=None, source_task=None,
+                                extended_obs=None, extended_action=None)
+    src_sd = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+    if task in cfg.tasks:  # reuse
+        i = cfg.tasks.index(task)
+        if (cfg.obs_dims[i], cfg.action_dims[i]) != (o, a):
+            raise ValueError(f"task {task!r} is in the checkpoint with (obs, action) dims "
+                             f"({cfg.obs_dims[i]}, {cfg.action_dims[i]}) but the environment has ({o}, {a})")
+        new = MBDPODiffusionPolicy(_config_with(cfg))
+        new.load_state_dict(src_sd, strict=True)
+        info["task_id"] = i
+        return _finish(new, policy), info
+
+    if cfg.task_dim == 0:  # single-task checkpoint: replace the task, no embedding to add
+        if o > cfg.obs_dim or a > cfg.action_dim:
+            raise ValueError(
+                f"cannot fine-tune the single-task checkpoint ({cfg.tasks[0]}, padded obs {cfg.obs_dim} / action "
+                f"{cfg.action_dim}) on {task!r} (obs {o} / action {a}): its dims do not fit and a single-task model "
+                "has no task embedding to extend. Use a multi-task checkpoint.")
+        new_cfg = _config_with(cfg, tasks=[task], obs_dims=[o], action_dims=[a], episode_lengths=[ep_len],
+                               task_set=None)
+        new = MBDPODiffusionPolicy(new_cfg)
+        sd = dict(src_sd)
+        sd["world_model.action_masks"] = new.world_model.action_masks.detach().clone()
+        sd["world_model.discounts"] = new.world_model.discounts.detach().clone()
+        new.load_state_dict(sd, strict=True)
+        info.update(task_id=0, replaced=cfg.tasks[0])
+        return _finish(new, policy), info
+
+    # multi-task checkpoint, new task: one more embedding row, possibly wider obs / action inputs
+    n, O, A, td, L = cfg.num_tasks, cfg.obs_dim, cfg.action_dim, cfg.task_dim, cfg.latent_dim
+    O2, A2 = max(O, o), max(A, a)
+    new_cfg = _config_with(cfg, tasks=cfg.tasks + [task], obs_dims=cfg.obs_dims + [o],
+                           action_dims=cfg.action_dims + [a], episode_lengths=cfg.episode_lengths + [ep_len],
+                           obs_dim=O2, action_dim=A2, task_set=None)
+    new = MBDPODiffusionPolicy(new_cfg)
+    new_sd = new.state_dict()
+    H = cfg.horizon
+    obs_in = _index_map(O + td, O2 + td, insert_at=O)   # [obs | emb]: zero columns at the end of the obs part
+    za_in = _index_map(L + td + A, L + td + A2)          # [z | emb | a]: zero columns at the end
+    pi_out = _index_map(2 * A, 2 * A2, insert_at=A, shift=A2 - A)  # [mean | log_std]: zero rows ending each half
+    seq = torch.arange(H * A)
+    seq_map = (seq // A) * A2 + seq % A                  # flattened (H, A) -> (H, A2)
+    score_in = torch.cat([torch.arange(L + td), L + td + seq_map,
+                          L + td + H * A2 + torch.arange(cfg.time_embed_dim)])
+    score_out = seq_map
+    last_pi = f"world_model.pi_head.{len(policy.world_model.pi_head) - 1}"
+    last_score = f"score_net.{len(policy.score_net) - 1}" if policy.score_net is not None else None
+    rules: dict[str, dict[int, torch.Tensor]] = {
+        "world_model.encoder.0.weight": {1: obs_in},
+        "world_model.dynamics.0.weight": {1: za_in},
+        "world_model.reward_head.0.weight": {1: za_in},
+        "energy.0.weight": {1: za_in},
+        "world_model.Qs.weight_0": {2: za_in},
+        "world_model.Qs.target_weight_0": {2: za_in},
+        f"{last_pi}.weight": {0: pi_out},
+        f"{last_pi}.bias": {0: pi_out},
+        "score_net.0.weight": {1: score_in},
+        f"{last_score}.weight": {0: score_out},
+        f"{last_score}.bias": {0: score_out},
+        "world_model.action_masks": {},
+        "world_model.discounts": {},
+    }
+    missing = sorted(set(new_sd) - set(src_sd))
+    unexpected = sorted(set(src_sd) - set(new_sd))
+    if missing or unexpected:
+        raise ValueError(f"cannot adapt the checkpoint: the rebuilt model's tensors do not match (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}); its config and weights disagree")
+    out: dict[str, torch.Tensor] = {}
+    for key, target in new_sd.items():
+        old = src_sd[key]
+        if key == "world_model.task_embedding.weight":
+            emb = old.clone()
+            if init == "mean":
+                row, src = emb.mean(0), None
+            else:
+                src = source_task if init == "source" else nearest_task(task, cfg.tasks, cfg.obs_dims,
+                                                                        cfg.action_dims, o, a)
+                row = emb.mean(0) if src is None else emb[cfg.tasks.index(src)]
+            out[key] = torch.cat([emb, row.unsqueeze(0)])
+            info.update(init=init if src is not None or init == "mean" else "mean", source_task=src)
+            continue
+        if key in rules and (old.shape != target.shape or key in ("world_model.action_masks",
+                                                                   "world_model.discounts")):
+            if key == "world_model.action_masks":
+                t = _place(old, tuple(target.shape), {})
+                t[n] = (torch.arange(A2) < a).to(t.dtype)
+                out[key] = t
+            elif key == "world_model.discounts":
+                t = _place(old, tuple(target.shape), {})
+                t[n] = float(new_cfg.discounts[n])
+                out[key] = t
+            else:
+                out[key] = _place(old, tuple(target.shape), rules[key])
+            continue
+        if old.shape != target.shape:
+            raise ValueError(f"cannot extend {key} from {tuple(old.shape)} to {tuple(target.shape)}: this layer is "
+                             "not one the task/dim adaptation knows how to widen")
+        out[key] = old
+    new.load_state_dict(out, strict=True)
+    info.update(task_id=n, added=True, extended_obs=(O, O2) if O2 > O else None,
+                extended_action=(A, A2) if A2 > A else None)
+    return _finish(new, policy), info
+
+
+def _finish(new: MBDPODiffusionPolicy, source: MBDPODiffusionPolicy) -> MBDPODiffusionPolicy:
+    new.to(source.device)
+    new.train(source.training)
+    if hasattr(source, "finetune_source"):
+        new.finetune_source = dict(source.finetune_source)
+    return new
+
+
+def apply_model_overrides(policy: MBDPODiffusionPolicy, overrides: dict[str, Any]) -> MBDPODiffusionPolicy:
+    """Apply run-level MBDPOConfig overrides (planner, losses, learning rates...) to a loaded policy in place.
+
+    Structural fields (architecture, task lists: `STRUCTURAL_FIELDS`, and `horizon` when there is a score network)
+    must equal the checkpoint's: a different value is a ValueError naming the field."""
+    cfg = policy.config
+    for key, value in (overrides or {}).items():
+        structural = key in STRUCTURAL_FIELDS or (key == "horizon" and cfg.use_score_network)
+        if structural:
+            if getattr(cfg, key) != value:
+                raise ValueError(f"model override {key}={value!r} conflicts with the checkpoint ({key}="
+                                 f"{getattr(cfg, key)!r}): fine-tuning cannot change the architecture")
+            continue
+    if overrides:
+        fresh = _config_with(cfg, **{k: v for k, v in overrides.items() if k not in STRUCTURAL_FIELDS})
+        for key in overrides:
+            if key not in STRUCTURAL_FIELDS:
+                setattr(cfg, key, getattr(fresh, key))  # validated by building `fresh`
+        policy._planner = None
+    return policy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# offline data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def pretraining_dataset_of(policy: MBDPODiffusionPolicy) -> str | None:
+    for attr in PRETRAINING_DATASET_ATTRS:
+        value = getattr(policy.config, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *, batch_size: int,
+                        capacity: int | None = None, revision: str | None = None, seed: int | None = None):
+    """A ReplayBuffer holding `dataset`'s episodes of `task` (a local dataset folder or Hub dataset id), with their
+    task index remapped to `policy`'s id for `task` and obs/actions zero-padded to the policy's dims."""
+    from .buffer import ReplayBuffer
+    from .data import fill_buffer, load_dataset_folder, read_tasks
+
+    cfg = policy.config
+    try:
+        meta = read_tasks(dataset, revision=revision)
+    except Exception as e:  # noqa: BLE001
+        raise OSError(f"cannot read offline dataset {dataset!r}: {type(e).__name__}: {e}") from e
+    names = [t["name"] for t in meta["tasks"]]
+    if task not in names:
+        raise ValueError(f"offline dataset {dataset!r} has tasks {names}, fine-tuning task is {task!r}")
+    entry = next(t for t in meta["tasks"] if t["name"] == task)
+    tid = cfg.task_id(task)
+    want = (cfg.obs_dims[tid], cfg.action_dims[tid])
+    if (int(entry["obs_dim"]), int(entry["action_dim"])) != want:
+        raise ValueError(f"offline dataset {dataset!r}: task {task!r} has (obs, action) dims "
+                         f"({entry['obs_dim']}, {entry['action_dim']}) but the model/environment has {want}")
+    if int(meta["obs_dim"]) > cfg.obs_dim or int(meta["action_dim"]) > cfg.action_dim:
+        raise ValueError(f"offline dataset {dataset!r} is padded to (obs, action) dims ({meta['obs_dim']}, "
+                         f"{meta['action_dim']}), larger than the model's ({cfg.obs_dim}, {cfg.action_dim})")
+    ds = load_dataset_folder(dataset, revision=revision)
+    rows = len(ds) + 1
+    buf = ReplayBuffer(max(2, min(rows, capacity or rows)), cfg.obs_dim, cfg.action_dim, cfg.horizon, batch_size,
+                       seed=seed)
+    added = fill_buffer(buf, ds, tasks=[task], task_map={task: tid}, dataset_tasks=meta, pad=True)
+    if buf.num_windows == 0:
+        raise ValueError(f"offline dataset {dataset!r}: its {added['num_episodes']} episodes of {task!r} are all "
+                         f"shorter than horizon + 1 = {cfg.horizon + 1} steps: nothing to sample")
+    return buf
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _init_from_source_task(source_task: str | None) -> tuple[str | None, str | None]:
+    """RunConfig.source_task -> (source_task, init): a task name, "nearest" (also when empty) or "mean"."""
+    if source_task in (None, "", "nearest"):
+        return None, "nearest"
+    if source_task == "mean":
+        return None, "mean"
+    return source_task, "source"
+
+
+def prepare_finetune_policy(cfg) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
+    """Load `cfg.checkpoint` @ `cfg.revision`, adapt it to `cfg.task` and apply `cfg.model` overrides."""
+    source = load_source_policy(cfg.checkpoint, cfg.revision)
+    src_task, init = _init_from_source_task(cfg.source_task)
+    policy, info = adapt_policy_to_task(source, cfg.task, source_task=src_task, init=init)
+    apply_model_overrides(policy, cfg.model)
+    if cfg.episode_length is not None and policy.config.horizon >= cfg.episode_length:
+        raise ValueError(f"horizon={policy.config.horizon} is not shorter than episode_length={cfg.episode_length}")
+    unknown = [t for t in cfg.eval_old_tasks if t not in policy.config.tasks]
+    if unknown:
+        raise ValueError(f"eval_old_tasks {unknown} are not in the checkpoint; its tasks are {policy.config.tasks}")
+    policy.config.finetuned_from = dict(checkpoint=source.finetune_source["checkpoint"], revision=cfg.revision,
+                                        commit=source.finetune_source["commit"], mode=cfg.mode,
+                                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items()})
+    del source
+    return policy, info
+
+
+def make_finetune_trainer(cfg, command: str | None = None):
+    """The `OnlineTrainer` of a fine-tuning run (`cfg.mode` online or offline-to-online).
+
+    The checkpoint is loaded and adapted here (so bad inputs fail before any environment starts); the trainer's
+    `policy_factory` hands that policy over (and rebuilds it for a later call). `cfg.freeze` / `cfg.lr_scales` go
+    to the learner through the trainer. In offline-to-online mode the offline buffer comes from
+    `cfg.offline_dataset`, or the pretraining dataset named in the checkpoint's config.
+    """
+    if cfg.mode not in ("online", "offline-to-online"):
+        raise ValueError(f"fine-tuning needs mode=online or mode=offline-to-online, got {cfg.mode!r} "
+                         "(use recipes/train.py to train from scratch)")
+    policy, info = prepare_finetune_policy(cfg)
+    offline = None
+    if cfg.mode == "offline-to-online":
+        dataset = cfg.offline_dataset or pretraining_dataset_of(policy)
+        if not dataset:
+            raise ValueError("mode=offline-to-online needs offline_dataset=<dataset folder or Hub dataset id> (the "
+                             "checkpoint's config names no pretraining dataset)")
+        offline = load_offline_buffer(dataset, policy, cfg.task, batch_size=cfg.batch_size,
+                                      capacity=cfg.buffer_size, seed=cfg.seed + 12345)
+    cache = {"policy": policy}
+
+    def policy_factory(run_cfg):
+        p = cache.pop("policy", None)
+        return p if p is not None else prepare_finetune_policy(run_cfg)[0]
+
+    src = policy.finetune_source
+    base_model = src["checkpoint"] if src["kind"] == "hub" else None
+    base_revision = (src["commit"] or src["revision"]) if base_model else None
+    what = (f"added as task {info['task_id']} (embedding from "
+            f"{info['source_task'] or 'the mean of all rows'})" if info["added"] else
+            f"replacing {info['replaced']}" if info["replaced"] else "already in the checkpoint")
+    notes = (f"Fine-tuned ({cfg.mode}) from {src['checkpoint']}"
+             f"{'@' + str(src['revision']) if src['revision'] else ''} on {cfg.task} ({what}).")
+    if info["extended_obs"] or info["extended_action"]:
+        notes += f" Input dims extended: obs {info['extended_obs']}, action {info['extended_action']}."
+    if offline is not None:
+        notes += f" Offline data: {cfg.offline_dataset or pretraining_dataset_of(policy)} (ratio {cfg.offline_ratio})."
+    card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes)
+    from .training import OnlineTrainer
+
+    trainer = OnlineTrainer(cfg, policy_factory=policy_factory, offline_buffer=offline, card_extra=card_extra,
+                            command=command)
+    trainer.adapt_info = info
+    return trainer
