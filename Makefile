@@ -21,8 +21,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# the main job: fine-tune the embedded default checkpoint on a held-out task (CPU, minutes)
 demo: install
-	$(BIN)/python -m mbdpo_hub.cli demo
+	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/finetune.py --config recipes/configs/finetune.yaml output_dir=runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

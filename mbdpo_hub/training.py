@@ -624,7 +624,10 @@ class OnlineTrainer:
             push_pretrained(self.policy, cfg.hub_repo_id, card=card, extra_files=extra,
                             commit_message=f"{cfg.mode} {cfg.task} {self.step} steps")
         print(f"done: {cfg.task} mean return {final_eval['mean_return']:.1f} +/- {final_eval['std_return']:.1f} "
-              f"after {self.step} env steps -> {self.out}")
+              f"after {self.step} env steps ({self.elapsed / 60:.1f} min)\n"
+              f"  model: {self.out}/model.safetensors (MBDPODiffusionPolicy.from_pretrained('{self.out}'))\n"
+              f"  curve: {curve}\n  video: {video}\n  card:  {self.out}/README.md\n"
+              f"  logs:  {self.out}/train.csv, {self.out}/eval.csv")
         return results
 
 
