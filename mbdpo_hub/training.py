@@ -329,10 +329,12 @@ class OnlineTrainer:
         self.task_id = pcfg.task_id(cfg.task)
         reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
         self.learner = MBDPOLearner(self.policy, freeze=cfg.freeze, lr_scales=cfg.lr_scales, reduce_fn=reduce_fn)
-        self.buffer = ReplayBuffer(min(cfg.buffer_size, cfg.steps + cfg.steps // 500 + 1), pcfg.obs_dim,
-                                   pcfg.action_dim, pcfg.horizon, cfg.batch_size, seed=cfg.seed + acc.process_index)
         spec = task_spec(cfg.task)
         self.episode_length = cfg.episode_length or spec.episode_length
+        # a whole run fits: every episode stores one entry more than its steps (the reset observation)
+        capacity = cfg.steps + (cfg.steps // self.episode_length + 2) * cfg.num_envs + 1
+        self.buffer = ReplayBuffer(min(cfg.buffer_size, capacity), pcfg.obs_dim, pcfg.action_dim, pcfg.horizon,
+                                   cfg.batch_size, seed=cfg.seed + acc.process_index)
         self.env_kw = {} if cfg.episode_length is None else dict(episode_length=cfg.episode_length)
         self.seed_steps = 0 if cfg.mode != "scratch" else (
             cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length))

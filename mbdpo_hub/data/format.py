@@ -184,6 +184,7 @@ def write_dataset_card(folder: str | os.PathLike, info: dict) -> Path:
         "task_categories:",
         "- reinforcement-learning",
         "tags:",
+        "- reinforcement-learning",
         "- mbdpo",
         "- tdmpc2",
         "- world-model",

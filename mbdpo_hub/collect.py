@@ -1,0 +1,199 @@
+"""Data collection: online MBDPO agents, one task at a time, whose whole replay (mixed-quality data, as TD-MPC2's
+mt30/mt80 datasets) goes into ONE parquet episode dataset.
+
+    cfg = load_collect_config("recipes/configs/collect.yaml", ["tasks=[cartpole-balance,pendulum-swingup]"])
+    collect(cfg)
+
+or `python recipes/collect.py --config recipes/configs/collect.yaml tasks=[a,b] steps_per_task=N dataset_dir=...`.
+
+For each task an `OnlineTrainer` (training.py) runs in `output_dir/<task>/` (its own checkpoints: a task killed
+half-way resumes from its last checkpoint); at the end its replay buffer is appended to `dataset_dir` (a
+`DatasetWriter` in append mode with the union task table, observations/actions zero-padded to the max dims over
+`tasks`). The dataset swap is atomic, so a killed collection restarted with the same command skips the tasks that
+are already in the dataset.
+
+Keys: the `CollectConfig` fields below, plus any `RunConfig` field (`seed, num_envs, utd, batch_size, seed_steps,
+episode_length, ...`) and any `MBDPOConfig` field (`planner, num_samples, diffusion_steps, ...`), applied to every
+task's online run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text, load_run_config, parse_overrides
+
+# RunConfig fields that collect sets itself for each task
+_PER_TASK = {"task", "steps", "output_dir", "push_to_hub", "hub_repo_id"}
+
+
+@dataclass
+class CollectConfig:
+    tasks: list[str] = field(default_factory=lambda: ["cartpole-balance"])
+    steps_per_task: int = 5_000
+    dataset_dir: str = "datasets/collected"
+    output_dir: str = "runs/collect"  # per-task online run folders: output_dir/<task>
+    dataset_name: str | None = None
+    push_to_hub: bool = False  # push the dataset folder at the end
+    hub_repo_id: str | None = None  # dataset repo id
+    keep_runs: bool = True  # keep the per-task run folders (models, csvs) after their data is in the dataset
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig / MBDPOConfig fields for every task's run
+
+    def run_config(self, task: str):
+        over = dict(self.run)
+        over.update(task=task, steps=int(self.steps_per_task), output_dir=str(Path(self.output_dir) / task),
+                    push_to_hub=False)
+        return load_run_config(None, over)
+
+    def validate(self) -> None:
+        from .envs.tasks import check_task_name
+
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        if not self.tasks:
+            raise ValueError("tasks is empty: give at least one task, e.g. tasks=[cartpole-balance]")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks has duplicates: {self.tasks}")
+        for t in self.tasks:
+            check_task_name(t)
+        if int(self.steps_per_task) <= 0:
+            raise ValueError(f"steps_per_task must be positive, got {self.steps_per_task}")
+        if self.push_to_hub and not self.hub_repo_id:
+            raise ValueError("push_to_hub=true needs hub_repo_id=org/name (a dataset repo)")
+        for t in self.tasks:  # every per-task RunConfig must validate before anything runs
+            self.run_config(t)
+
+
+COLLECT_FIELDS = {f.name for f in dataclasses.fields(CollectConfig)} - {"run"}
+
+
+def load_collect_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
+                        ) -> CollectConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    run = dict(data.pop("run", None) or {})
+    model = dict(data.pop("model", None) or {})
+    model.update(over.pop("model", None) or {})
+    kw: dict[str, Any] = {}
+    for key, value in {**data, **over}.items():
+        if key in COLLECT_FIELDS:
+            kw[key] = value
+        elif key in _PER_TASK:
+            raise ValueError(f"{key!r} is set per task by collect (use tasks=, steps_per_task=, output_dir=, "
+                             f"hub_repo_id= for the dataset)")
+        elif key in RUN_FIELDS:
+            run[key] = value
+        elif key in MODEL_FIELDS:
+            model[key] = value
+        else:
+            raise ValueError(f"unknown config key {key!r}: not a collect field ({sorted(COLLECT_FIELDS)}), a run "
+                             f"field nor an MBDPOConfig field")
+    if model:
+        run["model"] = {**(run.get("model") or {}), **model}
+    cfg = CollectConfig(**kw, run=run)
+    cfg.validate()
+    return cfg
+
+
+def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict]:
+    from .envs.tasks import task_spec
+
+    out = []
+    for t in tasks:
+        s = task_spec(t)
+        out.append(dict(name=t, obs_dim=s.obs_dim, action_dim=s.action_dim,
+                        episode_length=int(episode_length or s.episode_length)))
+    return out
+
+
+def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
+    """Tasks with at least one episode in the dataset (empty if the dataset does not exist yet)."""
+    from .data import read_tasks
+    from .data.format import _recover
+
+    folder = Path(dataset_dir)
+    _recover(folder)
+    if not (folder / "meta" / "tasks.json").is_file():
+        return set()
+    return {t["name"] for t in read_tasks(folder)["tasks"] if int(t.get("num_episodes", 0)) > 0}
+
+
+def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str | None = None,
+                  source: str | None = None) -> int:
+    """Append every complete episode of `buffer` (entries in buffer layout) to the dataset as `task`."""
+    from .data import DatasetWriter
+
+    spec = {t["name"]: t for t in table}[task]
+    obs_dim = max(t["obs_dim"] for t in table)
+    action_dim = max(t["action_dim"] for t in table)
+    n = 0
+    with DatasetWriter(dataset_dir, tasks=table, obs_dim=obs_dim, action_dim=action_dim, append=True,
+                       name=name, source=source) as w:
+        for i in range(len(buffer.episodes())):
+            ep = buffer.get_episode(i)
+            obs = ep["obs"].float().cpu().numpy()[:, : spec["obs_dim"]]
+            act = ep["action"].float().cpu().numpy()[:, : spec["action_dim"]]
+            rew = ep["reward"].float().cpu().numpy().reshape(-1)
+            term = ep["terminated"].cpu().numpy().reshape(-1).astype(bool)
+            w.add_episode(obs, act, rew, term, task=task, truncated=not bool(term[-1]))
+            n += 1
+    return n
+
+
+def collect(cfg: CollectConfig, command: str | None = None) -> dict:
+    """Run the collection (skipping tasks already in the dataset). Returns {task: {episodes, eval return...}}."""
+    cfg.validate()
+    ep_len = cfg.run.get("episode_length")
+    table = task_table(cfg.tasks, ep_len)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "collect_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    done = done_tasks(cfg.dataset_dir)
+    for task in cfg.tasks:
+        if task in done:
+            print(f"collect: {task} is already in {cfg.dataset_dir}: skipped")
+            continue
+        rcfg = cfg.run_config(task)
+        trainer = OnlineTrainer(rcfg, command=command)
+        results = trainer.run()
+        if not trainer.accelerator.is_main_process:
+            continue
+        n = export_buffer(trainer.buffer, cfg.dataset_dir, task, table, name=cfg.dataset_name,
+                          source="mbdpo_hub.collect (online MBDPO replay)")
+        res = results.get(task, {})
+        summary[task] = dict(episodes=n, env_steps=int(trainer.step), updates=int(trainer.learner.num_updates),
+                             final_eval_return=res.get("mean_return"), elapsed_s=round(trainer.elapsed, 1))
+        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+        print(f"collect: {task}: {n} episodes ({trainer.step} env steps) -> {cfg.dataset_dir}")
+        del trainer
+    if cfg.push_to_hub:
+        from .data import read_info, read_tasks
+        from .hub.cards import build_dataset_card
+        from .hub.publish import push_dataset_folder
+
+        info = read_info(cfg.dataset_dir)
+        card = build_dataset_card(
+            repo_id=cfg.hub_repo_id, tasks=read_tasks(cfg.dataset_dir), num_frames=int(info["num_frames"]),
+            collection=(f"online MBDPO agents trained from scratch, one per task, {cfg.steps_per_task} environment "
+                        f"steps each; the whole replay is kept (mixed quality: random seed phase, then the "
+                        f"learning agent). Per-task summary: {json.dumps(summary)}"),
+            source="mbdpo_hub.collect", command=command)
+        push_dataset_folder(cfg.dataset_dir, cfg.hub_repo_id, card=card)
+    return summary
+
+
+__all__ = ["CollectConfig", "load_collect_config", "collect", "export_buffer", "done_tasks", "task_table"]

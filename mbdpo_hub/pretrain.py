@@ -1,0 +1,601 @@
+"""Multi-task OFFLINE pretraining of an `MBDPODiffusionPolicy` (world model, energy, policy prior, optional score
+net) from an episode dataset, on 1..N processes with accelerate.
+
+    accelerate launch recipes/pretrain.py --config recipes/configs/pretrain_1m.yaml dataset=datasets/dmc-small
+    python recipes/pretrain.py --config recipes/configs/pretrain_tiny.yaml dataset=org/data dataset_revision=v1
+
+    cfg = load_pretrain_config("recipes/configs/pretrain_1m.yaml", ["dataset=datasets/dmc-small", "steps=2000"])
+    OfflinePretrainer(cfg).run()
+
+The model is `MBDPOConfig.from_preset(model_size, tasks=<the dataset's tasks>)` with the dataset's padded dims,
+per-task dims and episode lengths (plus any `MBDPOConfig` field given as key=value), or, with
+`model_config=<folder or config.json>`, that config (the dataset's dims must then fit it).
+
+Multi-process (`accelerate launch --num_processes N`): every process holds the whole dataset in its replay buffer
+and samples its own `batch_size / N` windows with its own seed (the global batch is split, not repeated); the
+gradients and the running statistics are averaged over processes by the learner's `reduce_fn`, so every process
+keeps identical weights (it starts from the same initialisation). Only the main process writes files and pushes.
+Evaluation spreads the tasks over the processes and gathers the results.
+
+Outputs (`output_dir`): `checkpoints/step_XXXXXXXXX/` (model safetensors, `learner.pt` loaded with
+`weights_only=True`, `state.json`) + `checkpoints/latest`; `train.csv`, `eval.csv` (one row per task and
+evaluation, plus a row `task=all` with the normalised score), `eval_results.json`, `pretrain_config.yaml`, the
+final model (`config.json` + `model.safetensors`), `learning_curve.png` and the model card `README.md`. Killed at
+any moment, the same command resumes from the last checkpoint.
+
+Hub (`push_to_hub=true hub_repo_id=org/name`): each checkpoint is pushed to a branch `step-000500` and then to
+`main` (main = the latest good checkpoint: its losses were finite); at the end the final model goes to `main` and
+is tagged `hub_tag` (default `final`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .configuration_mbdpo import MBDPOConfig
+from .learner import MBDPOLearner
+from .modeling_mbdpo import MBDPODiffusionPolicy
+from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, parse_overrides,
+                       plot_learning_curve, set_seed)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything about an offline pretraining run that is not the model (model fields go to `model`)."""
+
+    dataset: str | None = None  # local dataset folder or Hub dataset repo id
+    dataset_revision: str | None = None
+    tasks: list[str] | None = None  # subset of the dataset's tasks (default: every task with episodes)
+    model_size: int = 1
+    model_config: str | None = None  # a config.json (or a folder holding one) to use instead of the preset
+    steps: int = 100_000  # gradient updates
+    batch_size: int = 256  # global batch, split over processes
+    seed: int = 1
+    eval_freq: int = 10_000  # updates between evaluations (0: only at the end)
+    eval_episodes: int = 2  # per task (0: no evaluation)
+    eval_tasks: list[str] | None = None  # default: all the model's tasks
+    eval_planner: str | None = None  # default: the model's planner
+    episode_length: int | None = None  # evaluation episode length override (smoke tests)
+    checkpoint_freq: int = 5_000
+    keep_checkpoints: int = 2
+    log_freq: int = 100
+    output_dir: str = "runs/pretrain"
+    mixed_precision: str = "no"  # "no" | "bf16"
+    resume: bool = True
+    progress: bool = True
+    push_to_hub: bool = False
+    hub_repo_id: str | None = None
+    hub_tag: str | None = "final"
+    held_out_tasks: list[str] = field(default_factory=list)  # recorded in the model config and the card
+    notes: str | None = None
+    write_state_hash: bool = False  # every process writes state_hash_rank{i}.txt at the end (consistency tests)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.dataset:
+            raise ValueError("dataset= is required: a local dataset folder or a Hub dataset repo id (org/name)")
+        for name in ("steps", "batch_size", "keep_checkpoints", "log_freq"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_freq", "checkpoint_freq", "eval_episodes"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.push_to_hub and not self.hub_repo_id:
+            raise ValueError("push_to_hub=true needs hub_repo_id=org/name")
+        if self.episode_length is not None and int(self.episode_length) <= 0:
+            raise ValueError(f"episode_length must be positive, got {self.episode_length}")
+        for name in ("tasks", "eval_tasks", "held_out_tasks"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                setattr(self, name, [v])
+        if self.notes is not None and not isinstance(self.notes, str):
+            raise ValueError(f"notes must be text (a key=value override is parsed as YAML: avoid ': '), got "
+                             f"{type(self.notes).__name__}")
+        bad_model = set(self.model) - MODEL_FIELDS
+        if bad_model:
+            raise ValueError(f"unknown model fields {sorted(bad_model)}")
+
+
+PRETRAIN_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
+def load_pretrain_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
+                         ) -> PretrainConfig:
+    """A PretrainConfig from a YAML file plus `key=value` overrides (MBDPOConfig fields go to `model`)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a YAML mapping")
+    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    over = dict(over)
+    model = dict(data.pop("model", None) or {})
+    model.update(over.pop("model", None) or {})
+    kw = {}
+    for key, value in {**data, **over}.items():
+        if key in PRETRAIN_FIELDS:
+            kw[key] = value
+        elif key in MODEL_FIELDS:
+            model[key] = value
+        else:
+            raise ValueError(f"unknown config key {key!r}: not a pretrain field ({sorted(PRETRAIN_FIELDS)}) nor an "
+                             f"MBDPOConfig field")
+    cfg = PretrainConfig(**kw, model=model)
+    cfg.validate()
+    return cfg
+
+
+def dump_pretrain_config(cfg: PretrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dataset resolution
+# ---------------------------------------------------------------------------------------------------------------------
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_dataset(dataset: str) -> bool:
+    """True when `dataset` names a Hub repo (org/name) rather than an existing local folder."""
+    if os.path.exists(dataset):
+        return False
+    return bool(_REPO_RE.match(dataset)) and not dataset.startswith((".", "/", "~"))
+
+
+def read_dataset_tasks(dataset: str, revision: str | None = None) -> dict:
+    """`meta/tasks.json` of a local folder or Hub dataset, with clear errors for a missing path/repo/revision."""
+    from .data import read_tasks
+
+    if not is_hub_dataset(dataset):
+        folder = Path(dataset).expanduser()
+        if not folder.exists():
+            raise FileNotFoundError(f"dataset {dataset!r}: no such local folder (and not a Hub repo id org/name)")
+        if not (folder / "meta" / "tasks.json").is_file():
+            raise FileNotFoundError(f"dataset {dataset!r} is not an mbdpo_hub dataset folder (no meta/tasks.json); "
+                                    f"write one with DatasetWriter or recipes/collect.py")
+        return read_tasks(folder)
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return read_tasks(dataset, revision)
+    except RevisionNotFoundError as e:
+        raise ValueError(f"dataset {dataset!r}: revision {revision!r} not found on the Hub") from e
+    except RepositoryNotFoundError as e:
+        raise ValueError(f"dataset {dataset!r}: no such dataset repo on the Hub (or no access)") from e
+    except EntryNotFoundError as e:
+        raise ValueError(f"dataset {dataset!r}@{revision or 'main'} has no meta/tasks.json: not an mbdpo_hub "
+                         f"dataset") from e
+
+
+def build_model_config(cfg: PretrainConfig, tasks_meta: dict) -> tuple[MBDPOConfig, list[str]]:
+    """The model config for the dataset (preset or `model_config`) and the dataset tasks to train on."""
+    by_name = {t["name"]: t for t in tasks_meta["tasks"]}
+    if cfg.tasks:
+        missing = [t for t in cfg.tasks if t not in by_name]
+        if missing:
+            raise ValueError(f"tasks {missing} are not in dataset {cfg.dataset!r} (it has {sorted(by_name)})")
+        names = list(cfg.tasks)
+    else:
+        names = [t["name"] for t in sorted(tasks_meta["tasks"], key=lambda d: d["task_index"])
+                 if int(t.get("num_episodes", 1)) > 0]
+    if not names:
+        raise ValueError(f"dataset {cfg.dataset!r} holds no episodes")
+    od, ad = int(tasks_meta["obs_dim"]), int(tasks_meta["action_dim"])
+    if cfg.model_config:
+        path = Path(cfg.model_config)
+        if not path.exists():
+            raise FileNotFoundError(f"model_config {cfg.model_config!r} not found")
+        config = MBDPOConfig.from_pretrained(str(path.parent if path.is_file() else path))
+        for k, v in cfg.model.items():
+            setattr(config, k, v)
+        if od > config.obs_dim or ad > config.action_dim:
+            raise ValueError(f"dataset {cfg.dataset!r} has padded dims (obs {od}, action {ad}) but the model config "
+                             f"{cfg.model_config} takes (obs {config.obs_dim}, action {config.action_dim})")
+        for n in names:
+            if n not in config.tasks:
+                raise ValueError(f"dataset task {n!r} is not one of the model config's tasks {config.tasks}")
+            i, t = config.tasks.index(n), by_name[n]
+            if (config.obs_dims[i], config.action_dims[i]) != (int(t["obs_dim"]), int(t["action_dim"])):
+                raise ValueError(f"task {n!r}: dataset dims (obs {t['obs_dim']}, action {t['action_dim']}) do not "
+                                 f"match the model config's (obs {config.obs_dims[i]}, action "
+                                 f"{config.action_dims[i]})")
+        return config, names
+    overrides = dict(obs_dims=[int(by_name[n]["obs_dim"]) for n in names],
+                     action_dims=[int(by_name[n]["action_dim"]) for n in names],
+                     episode_lengths=[int(by_name[n].get("episode_length") or 500) for n in names],
+                     obs_dim=od, action_dim=ad)
+    overrides.update(cfg.model)
+    return MBDPOConfig.from_preset(int(cfg.model_size), list(names), **overrides), names
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def hub_branch(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------------------------------
+class OfflinePretrainer:
+    def __init__(self, cfg: PretrainConfig, command: str | None = None):
+        self.cfg = cfg
+        self.command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+    # --- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        from .buffer import ReplayBuffer
+        from .data import fill_buffer, load_dataset_folder
+
+        cfg = self.cfg
+        cfg.validate()
+        # bf16 is our own autocast around the update/evaluation (nothing goes through accelerator.prepare), so the
+        # Accelerator keeps its default precision: several runs can then share one process (tests, notebooks)
+        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
+        if cfg.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size={cfg.batch_size} is not divisible by num_processes={acc.num_processes}")
+        self.local_batch = cfg.batch_size // acc.num_processes
+        with acc.main_process_first():
+            self.tasks_meta = read_dataset_tasks(cfg.dataset, cfg.dataset_revision)
+            config, self.dataset_tasks = build_model_config(cfg, self.tasks_meta)
+            if cfg.held_out_tasks:
+                config.held_out_tasks = list(cfg.held_out_tasks)
+            try:
+                ds = load_dataset_folder(cfg.dataset if not is_hub_dataset(cfg.dataset) else cfg.dataset,
+                                         revision=cfg.dataset_revision if is_hub_dataset(cfg.dataset) else None)
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"could not load dataset {cfg.dataset!r}@{cfg.dataset_revision or 'main'}: "
+                                 f"{type(e).__name__}: {e}") from e
+        # identical initialisation on every process, then per-process randomness
+        set_seed(cfg.seed)
+        self.policy = MBDPODiffusionPolicy(config).to(acc.device)
+        self.config = self.policy.config
+        reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
+        self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn)
+        self.step = 0
+        self.elapsed = 0.0
+        self.last_eval: dict | None = None
+        self.last_eval_step = -1
+        ckpt = self.latest_checkpoint() if cfg.resume else None
+        if ckpt is not None:
+            self.load_checkpoint(ckpt)
+        self.ckpt_loaded = ckpt
+        set_seed(cfg.seed + 1000 * acc.process_index + 7919 * self.step + 1)
+        from .data.format import read_info
+
+        try:
+            frames = int(read_info(cfg.dataset, cfg.dataset_revision)["num_frames"]) \
+                if is_hub_dataset(cfg.dataset) else int(read_info(cfg.dataset)["num_frames"])
+        except Exception:  # noqa: BLE001
+            frames = len(ds)
+        self.buffer = ReplayBuffer(max(frames + 1, 2), config.obs_dim, config.action_dim, config.horizon,
+                                   self.local_batch, seed=cfg.seed + 1000 * acc.process_index + 7919 * self.step)
+        self.fill_info = fill_buffer(self.buffer, ds, tasks=self.dataset_tasks, task_map=list(config.tasks),
+                                     dataset_tasks=self.tasks_meta, pad=True)
+        if self.buffer.num_windows == 0:
+            raise ValueError(f"dataset {cfg.dataset!r}: no episode is longer than the horizon ({config.horizon})")
+        self.eval_tasks = list(cfg.eval_tasks or config.tasks)
+        for t in self.eval_tasks:
+            config.task_id(t)
+        self.metrics_acc: dict[str, list[float]] = {}
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "pretrain_config.yaml", dump_pretrain_config(cfg))
+            if ckpt is not None:
+                self.truncate_csvs()
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_root / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.ckpt_root / pointer.read_text().strip()
+        return path if (path / "state.json").is_file() else None
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        name = f"step_{self.step:09d}"
+        final = self.ckpt_root / name
+        if acc.is_main_process:
+            tmp = self.ckpt_root / f".tmp-{name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.policy.save_pretrained(tmp / "model")
+            torch.save(self.learner.state_dict(), tmp / "learner.pt")
+            state = dict(step=self.step, elapsed=self.elapsed, last_eval=self.last_eval,
+                         last_eval_step=self.last_eval_step, num_processes=acc.num_processes)
+            (tmp / "state.json").write_text(json.dumps(state))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            atomic_write_text(self.ckpt_root / "latest", name + "\n")
+            keep = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
+            for old in keep[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "model" / "model.safetensors"))
+        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        self.learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
+        state = json.loads((path / "state.json").read_text())
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.last_eval, self.last_eval_step = state.get("last_eval"), int(state.get("last_eval_step", -1))
+        self.accelerator.print(f"resumed from {path} (update {self.step})")
+
+    # --- logging -----------------------------------------------------------------------------------------------
+    def append_csv(self, name: str, rows: list[dict]) -> None:
+        if not self.accelerator.is_main_process or not rows:
+            return
+        path = self.out / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+    def truncate_csvs(self) -> None:
+        for name in ("train.csv", "eval.csv", "eval_score.csv"):
+            path = self.out / name
+            if not path.exists():
+                continue
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            if not rows:
+                continue
+            keep = [r for r in rows if int(float(r["step"])) <= self.step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(keep)
+            os.replace(tmp, path)
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.cfg.mixed_precision == "bf16":
+            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def update(self) -> dict:
+        dev = self.accelerator.device
+        batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.buffer.sample().items()}
+        if self.config.num_tasks == 1:
+            batch["task"] = None
+        with self.autocast():
+            metrics = self.learner.update(batch)
+        self.step += 1
+        for k, v in metrics.items():
+            self.metrics_acc.setdefault(k, []).append(v)
+        return metrics
+
+    def run_eval(self) -> dict:
+        """Evaluate every eval task (spread over processes); returns {results, normalized_score}."""
+        from accelerate.utils import gather_object
+
+        from .envs import normalized_score, task_score
+
+        cfg, acc = self.cfg, self.accelerator
+        mine = self.eval_tasks[acc.process_index::acc.num_processes]
+        local = []
+        for task in mine:
+            # bf16 autocast at evaluation only on accelerators (CPU bf16 kernels for these small ops are slower)
+            with (self.autocast() if acc.device.type != "cpu" else nullcontext()):
+                r = evaluate(self.policy, task, cfg.eval_episodes, seed=cfg.seed + 777, planner=cfg.eval_planner,
+                             episode_length=cfg.episode_length)
+            local.append((task, dict(mean_return=r["mean_return"], std_return=r["std_return"],
+                                     episodes=int(cfg.eval_episodes), planner=r["planner"],
+                                     normalized_score=task_score(task, r["mean_success"] if task.startswith("mw-")
+                                                                 else r["mean_return"]),
+                                     mean_success=r["mean_success"])))
+        gathered = gather_object(local) if acc.num_processes > 1 else local
+        results = {t: r for t, r in gathered}
+        results = {t: results[t] for t in self.eval_tasks}
+        score = normalized_score({t: (r["mean_success"] if t.startswith("mw-") else r["mean_return"])
+                                  for t, r in results.items()})
+        rows = [dict(step=self.step, task=t, mean_return=r["mean_return"], std_return=r["std_return"],
+                     normalized_score=r["normalized_score"], episodes=r["episodes"], planner=r["planner"],
+                     elapsed_s=round(self.elapsed, 1)) for t, r in results.items()]
+        rows.append(dict(step=self.step, task="all", mean_return="", std_return="", normalized_score=score,
+                         episodes=cfg.eval_episodes, planner=rows[0]["planner"], elapsed_s=round(self.elapsed, 1)))
+        self.append_csv("eval.csv", rows)
+        self.append_csv("eval_score.csv", [dict(step=self.step, mean_return=score, std_return=0.0)])
+        self.last_eval = dict(results=results, normalized_score=score, step=self.step)
+        self.last_eval_step = self.step
+        acc.print(f"eval @ {self.step}: normalised score {score:.2f} "
+                  + " ".join(f"{t}={r['mean_return']:.1f}" for t, r in results.items()))
+        return self.last_eval
+
+    def eval_changed(self) -> bool:
+        """The last evaluation (e.g. restored from a checkpoint) used other tasks/episodes/planner than now."""
+        ev = self.last_eval or {}
+        res = ev.get("results") or {}
+        planner = self.cfg.eval_planner or self.config.planner
+        return (list(res) != list(self.eval_tasks)
+                or any(r.get("planner") != planner or r.get("episodes") != self.cfg.eval_episodes
+                       for r in res.values()))
+
+    # --- cards / hub -------------------------------------------------------------------------------------------
+    def build_card(self, revision: str | None = None):
+        from .hub.cards import build_model_card
+
+        cfg = self.cfg
+        ev = self.last_eval or {}
+        results = {t: {k: v for k, v in r.items() if k != "planner"} for t, r in (ev.get("results") or {}).items()}
+        lines = [f"Offline multi-task pretraining on `{cfg.dataset}`"
+                 + (f" (revision `{cfg.dataset_revision}`)" if cfg.dataset_revision else "")
+                 + f": {self.step} updates at global batch {cfg.batch_size} on {self.accelerator.num_processes} "
+                 f"process(es); {self.fill_info['num_episodes']} episodes / {self.fill_info['num_steps']} "
+                 f"transitions over {len(self.dataset_tasks)} tasks.",
+                 f"Evaluation: {cfg.eval_episodes} episode(s) per task at update {ev.get('step', 'n/a')}, planner "
+                 f"`{cfg.eval_planner or self.config.planner}`"
+                 + (f", episodes cut to {cfg.episode_length} steps" if cfg.episode_length else "") + "."]
+        if cfg.held_out_tasks:
+            lines.append("Held-out tasks (never in the training data; for fine-tuning studies): "
+                         + ", ".join(f"`{t}`" for t in cfg.held_out_tasks) + ".")
+        if cfg.notes:
+            lines.append(str(cfg.notes))
+        curve = self.out / "learning_curve.png"
+        return build_model_card(
+            repo_id=cfg.hub_repo_id or f"local/{self.out.name}",
+            config_dict=self.config.to_dict(),
+            eval_results=results or {t: dict(mean_return=0.0, std_return=0.0) for t in self.config.tasks},
+            normalized_score=ev.get("normalized_score"),
+            datasets=cfg.dataset if is_hub_dataset(cfg.dataset) else None,
+            command=self.command,
+            train_config_yaml=dump_pretrain_config(cfg),
+            curve_path=curve.name if curve.exists() else None,
+            notes="\n\n".join(lines) + ("" if results else "\n\n(no evaluation yet: returns shown as 0)"),
+            revision=revision,
+            extra_tags=["offline", "multi-task"],
+        )
+
+    def push(self, branch: str | None, tag: str | None = None, message: str = "") -> None:
+        from .hub.publish import push_pretrained
+
+        card = self.build_card(revision=tag)
+        extra = {p.name: str(p) for p in (self.out / "pretrain_config.yaml", self.out / "eval_results.json",
+                                          self.out / "eval.csv", self.out / "train.csv",
+                                          self.out / "learning_curve.png") if p.exists()}
+        push_pretrained(self.policy, self.cfg.hub_repo_id, card=card, extra_files=extra, revision=branch, tag=tag,
+                        commit_message=message or f"pretrain update {self.step}")
+
+    def write_eval_results(self) -> None:
+        ev = self.last_eval or {}
+        payload = dict(results=ev.get("results", {}), normalized_score=ev.get("normalized_score"),
+                       eval_step=ev.get("step"), updates=self.step, batch_size=self.cfg.batch_size,
+                       num_processes=self.accelerator.num_processes, dataset=self.cfg.dataset,
+                       dataset_revision=self.cfg.dataset_revision, tasks=list(self.config.tasks),
+                       held_out_tasks=list(self.cfg.held_out_tasks), elapsed_s=round(self.elapsed, 1),
+                       dataset_episodes=self.fill_info["num_episodes"],
+                       dataset_transitions=self.fill_info["num_steps"])
+        atomic_write_text(self.out / "eval_results.json", json.dumps(payload, indent=2))
+
+    def checkpoint(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.push_to_hub and self.last_eval_step != self.step and cfg.eval_episodes > 0:
+            self.run_eval()
+        self.save_checkpoint()
+        if cfg.push_to_hub and acc.is_main_process:
+            good = all(math.isfinite(float(np.mean(v))) for v in self.metrics_last.values()) if getattr(
+                self, "metrics_last", None) else True
+            self.write_eval_results()
+            plot_learning_curve(self.out / "eval_score.csv", self.out / "learning_curve.png",
+                                title="normalised score")
+            self.push(hub_branch(self.step), message=f"checkpoint at update {self.step}")
+            if good:
+                self.push(None, message=f"main <- update {self.step}")
+        acc.wait_for_everyone()
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.setup()
+        cfg, acc = self.cfg, self.accelerator
+        bar = None
+        if cfg.progress and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="upd", desc="pretrain", dynamic_ncols=True)
+        t_last = time.perf_counter()
+        while self.step < cfg.steps:
+            self.update()
+            if self.step % cfg.log_freq == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                self.elapsed += now - t_last
+                t_last = now
+                row = dict(step=self.step, elapsed_s=round(self.elapsed, 1))
+                row.update({k: (float(np.mean(self.metrics_acc[k])) if k in self.metrics_acc else "")
+                            for k in TRAIN_METRICS})
+                self.append_csv("train.csv", [row])
+                self.metrics_last, self.metrics_acc = self.metrics_acc, {}
+            if bar is not None:
+                bar.update(1)
+            if self.step < cfg.steps:
+                if cfg.eval_freq > 0 and cfg.eval_episodes > 0 and self.step % cfg.eval_freq == 0:
+                    self.run_eval()
+                if cfg.checkpoint_freq > 0 and self.step % cfg.checkpoint_freq == 0:
+                    now = time.perf_counter()
+                    self.elapsed += now - t_last
+                    t_last = now
+                    self.checkpoint()
+        self.elapsed += time.perf_counter() - t_last
+        if bar is not None:
+            bar.close()
+        if cfg.eval_episodes > 0 and (self.last_eval_step != self.step or self.eval_changed()):
+            self.run_eval()
+        if cfg.checkpoint_freq > 0:  # a final checkpoint: a later run with more steps resumes from here
+            self.save_checkpoint()
+        results = self.write_outputs()
+        if cfg.write_state_hash:
+            atomic_write_text(self.out / f"state_hash_rank{acc.process_index}.txt", state_hash(self.policy) + "\n")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return results
+
+    def write_outputs(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        ev = self.last_eval or {}
+        if acc.is_main_process:
+            self.policy.save_pretrained(self.out)
+            self.write_eval_results()
+            plot_learning_curve(self.out / "eval_score.csv", self.out / "learning_curve.png",
+                                title="normalised score")
+            card = self.build_card(revision=cfg.hub_tag if cfg.push_to_hub else None)
+            atomic_write_text(self.out / "README.md", str(card))
+            if cfg.push_to_hub:
+                self.push(hub_branch(self.step), message=f"final at update {self.step}")
+                self.push(None, tag=cfg.hub_tag, message=f"final at update {self.step}")
+            score = ev.get("normalized_score")
+            print(f"done: {self.step} updates, normalised score "
+                  f"{'n/a' if score is None else f'{score:.2f}'} -> {self.out}")
+        acc.wait_for_everyone()
+        return dict(results=ev.get("results", {}), normalized_score=ev.get("normalized_score"), updates=self.step)
+
+
+def pretrain(cfg: PretrainConfig, command: str | None = None) -> dict:
+    return OfflinePretrainer(cfg, command=command).run()
+
+
+__all__ = ["PretrainConfig", "load_pretrain_config", "OfflinePretrainer", "pretrain", "build_model_config",
+           "read_dataset_tasks", "is_hub_dataset", "state_hash", "hub_branch"]
