@@ -343,10 +343,11 @@ def test_load_tdmpc2_chunk_fixture_safely():
 
 @needs_chunk
 def test_task_lists_match_fixture_config():
-    from mbdpo_hub.data.tdmpc2 import _MT30, tdmpc2_task_dims
+    from mbdpo_hub.data.tdmpc2 import tdmpc2_task_dims
+    from mbdpo_hub.envs.tasks import MT30_TASKS
 
     cfg = json.loads(CHUNK.with_suffix(".json").read_text())["config"]
-    assert tdmpc2_task_list("mt30") == cfg["tasks"] == _MT30
+    assert tdmpc2_task_list("mt30") == cfg["tasks"] == MT30_TASKS
     assert [tdmpc2_task_dims(n)[:2] for n in cfg["tasks"]] == list(zip(cfg["obs_shapes"], cfg["action_dims"]))
     mt80 = tdmpc2_task_list("mt80")
     assert len(mt80) == 80 and mt80[:30] == cfg["tasks"] and mt80[30] == "mw-assembly"

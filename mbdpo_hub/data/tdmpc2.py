@@ -21,8 +21,8 @@ Safe loading route (no arbitrary code execution, tensordict not required)
     tensordict version) raises ``ValueError`` listing them, so they can be reviewed and allow-listed through
     ``extra_safe_globals``.
 
-Task ids: ``MT30_TASKS`` / ``MT80_TASKS`` are taken from ``mbdpo_hub.envs.tasks`` when importable (a local copy
-of the TD-MPC2 order is kept as a fallback); the dataset's ``task_index`` equals the TD-MPC2 task id.
+Task ids: ``MT30_TASKS`` / ``MT80_TASKS`` come from ``mbdpo_hub.envs.tasks`` (TD-MPC2's order); the dataset's
+``task_index`` equals the TD-MPC2 task id.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..envs.tasks import list_tasks, task_spec
 from .format import DEFAULT_MAX_SHARD_ROWS, DatasetWriter
 
 __all__ = ["load_tdmpc2_chunk", "convert_tdmpc2_chunks", "convert_dataset_main", "tdmpc2_task_list",
@@ -43,43 +44,8 @@ __all__ = ["load_tdmpc2_chunk", "convert_tdmpc2_chunks", "convert_dataset_main",
 
 TDMPC2_CHUNK_GLOBALS = ("tensordict._reductions._make_td", "tensordict._td.TensorDict")
 
-# Fallback copy of TD-MPC2's TASK_SET order (used only if mbdpo_hub.envs.tasks cannot be imported).
-_MT30 = [
-    "walker-stand", "walker-walk", "walker-run", "cheetah-run", "reacher-easy",
-    "reacher-hard", "acrobot-swingup", "pendulum-swingup", "cartpole-balance", "cartpole-balance-sparse",
-    "cartpole-swingup", "cartpole-swingup-sparse", "cup-catch", "finger-spin", "finger-turn-easy",
-    "finger-turn-hard", "fish-swim", "hopper-stand", "hopper-hop",
-    "walker-walk-backwards", "walker-run-backwards", "cheetah-run-backwards", "cheetah-run-front", "cheetah-run-back",
-    "cheetah-jump", "hopper-hop-backwards", "reacher-three-easy", "reacher-three-hard", "cup-spin",
-    "pendulum-spin",
-]  # fmt: skip
-_MW50 = [
-    "mw-assembly", "mw-basketball", "mw-button-press-topdown", "mw-button-press-topdown-wall", "mw-button-press",
-    "mw-button-press-wall", "mw-coffee-button", "mw-coffee-pull", "mw-coffee-push", "mw-dial-turn",
-    "mw-disassemble", "mw-door-open", "mw-door-close", "mw-drawer-close", "mw-drawer-open",
-    "mw-faucet-open", "mw-faucet-close", "mw-hammer", "mw-handle-press-side", "mw-handle-press",
-    "mw-handle-pull-side", "mw-handle-pull", "mw-lever-pull", "mw-peg-insert-side", "mw-peg-unplug-side",
-    "mw-pick-out-of-hole", "mw-pick-place", "mw-pick-place-wall", "mw-plate-slide", "mw-plate-slide-side",
-    "mw-plate-slide-back", "mw-plate-slide-back-side", "mw-push-back", "mw-push", "mw-push-wall",
-    "mw-reach", "mw-reach-wall", "mw-shelf-place", "mw-soccer", "mw-stick-push",
-    "mw-stick-pull", "mw-sweep-into", "mw-sweep", "mw-window-open", "mw-window-close",
-    "mw-bin-picking", "mw-box-close", "mw-door-lock", "mw-door-unlock", "mw-hand-insert",
-]  # fmt: skip
-# (prefix, obs_dim, action_dim), longest prefix first
-_DIMS = [("reacher-three", 8, 3), ("finger-spin", 9, 2), ("finger-turn", 12, 2), ("walker", 24, 6),
-         ("cheetah", 17, 6), ("reacher", 6, 2), ("acrobot", 6, 1), ("pendulum", 3, 1), ("cartpole", 5, 1),
-         ("cup", 8, 2), ("fish", 24, 5), ("hopper", 15, 4), ("mw-", 39, 4)]
 # padded (obs, action) dims and entries per episode of the released chunks
 TASK_SET_DIMS = {"mt30": (24, 6, 501), "mt80": (39, 6, 101)}
-
-
-def _envs_tasks():
-    try:
-        from mbdpo_hub.envs import tasks as t  # noqa: PLC0415
-
-        return t
-    except Exception:  # noqa: BLE001 - the env package is optional for data conversion
-        return None
 
 
 def tdmpc2_task_list(task_set: str | Sequence[str]) -> list[str]:
@@ -89,27 +55,13 @@ def tdmpc2_task_list(task_set: str | Sequence[str]) -> list[str]:
     key = task_set.lower()
     if key not in ("mt30", "mt80"):
         raise ValueError(f"unknown task set {task_set!r}; use 'mt30', 'mt80' or a list of task names")
-    t = _envs_tasks()
-    ref = getattr(t, "MT30_TASKS" if key == "mt30" else "MT80_TASKS", None) if t is not None else None
-    local = _MT30 if key == "mt30" else _MT30 + _MW50
-    if isinstance(ref, (list, tuple)) and len(ref) == len(local) and all(isinstance(x, str) for x in ref):
-        return list(ref)
-    return list(local)
+    return list_tasks(key)
 
 
 def tdmpc2_task_dims(name: str) -> tuple[int, int, int]:
     """``(obs_dim, action_dim, episode_length)`` of a task (DMC: 500 agent steps, Meta-World: 100)."""
-    t = _envs_tasks()
-    if t is not None and hasattr(t, "task_spec"):
-        try:
-            s = t.task_spec(name)
-            return int(s.obs_dim), int(s.action_dim), int(s.episode_length)
-        except Exception:  # noqa: BLE001
-            pass
-    for prefix, o, a in _DIMS:
-        if name.startswith(prefix):
-            return o, a, (100 if prefix == "mw-" else 500)
-    raise ValueError(f"unknown task {name!r}: cannot infer its obs/action dims")
+    spec = task_spec(name)
+    return int(spec.obs_dim), int(spec.action_dim), int(spec.episode_length)
 
 
 # ---------------------------------------------------------------------------------------------- loading
