@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text, load_run_config, parse_overrides

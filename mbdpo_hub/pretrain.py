@@ -37,7 +37,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -52,8 +51,8 @@ import yaml
 from .configuration_mbdpo import MBDPOConfig
 from .learner import MBDPOLearner
 from .modeling_mbdpo import MBDPODiffusionPolicy
-from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, parse_overrides,
-                       plot_learning_curve, set_seed)
+from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, latest_checkpoint, parse_overrides,
+                       plot_learning_curve, read_checkpoint, set_seed, write_checkpoint)
 
 
 @dataclass
@@ -320,45 +319,20 @@ class OfflinePretrainer:
 
     # --- checkpoints -------------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.ckpt_root / pointer.read_text().strip()
-        return path if (path / "state.json").is_file() else None
+        return latest_checkpoint(self.ckpt_root)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         name = f"step_{self.step:09d}"
-        final = self.ckpt_root / name
         if acc.is_main_process:
-            tmp = self.ckpt_root / f".tmp-{name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp / "model")
-            torch.save(self.learner.state_dict(), tmp / "learner.pt")
             state = dict(step=self.step, elapsed=self.elapsed, last_eval=self.last_eval,
                          last_eval_step=self.last_eval_step, num_processes=acc.num_processes)
-            (tmp / "state.json").write_text(json.dumps(state))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(self.ckpt_root / "latest", name + "\n")
-            keep = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
-            for old in keep[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            write_checkpoint(self.ckpt_root, name, self.policy, self.learner, state, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
-        return final
+        return self.ckpt_root / name
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / "model" / "model.safetensors"))
-        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
-        self.learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
-        state = json.loads((path / "state.json").read_text())
+        state = read_checkpoint(path, self.policy, self.learner)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.last_eval, self.last_eval_step = state.get("last_eval"), int(state.get("last_eval_step", -1))
         self.accelerator.print(f"resumed from {path} (update {self.step})")

@@ -206,6 +206,59 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# checkpoint folders (shared by the online trainer and offline pretraining)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The folder named by `root/latest`, if it is complete (has `state.json`)."""
+    pointer = Path(root) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def write_checkpoint(root: Path, name: str, policy, learner, state: dict, keep: int,
+                     extra: Callable[[Path], None] | None = None) -> Path:
+    """Write `root/name` atomically: model (safetensors), learner state (`torch.save`, read back with
+    `weights_only=True`), `state.json` (+ `extra(tmp)`) go to a temp folder renamed into place; then `latest` is
+    replaced atomically and all but the newest `keep` step folders are removed. A crash at any point leaves the
+    previous `latest` intact."""
+    root = Path(root)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    policy.save_pretrained(tmp / "model")
+    torch.save(learner.state_dict(), tmp / "learner.pt")
+    if extra is not None:
+        extra(tmp)
+    (tmp / "state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", name + "\n")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(path: Path, policy, learner) -> dict:
+    """Load a `write_checkpoint` folder into policy and learner (strictly: every tensor must match); returns the
+    saved state dict."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "model" / "model.safetensors"))
+    missing, unexpected = policy.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
+    return json.loads((path / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -217,7 +270,7 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
     """Deterministic evaluation (eval_mode=True): `episodes` episodes run side by side in a vector env, planning
     batched over them. Returns mean/std return (and success where the env reports it). With `video_path`, one more
     episode is rendered and written there."""
-    from .envs import make_env, make_vec_env
+    from .envs import make_vec_env
 
     cfg = policy.config
     task_id = cfg.task_id(task)
@@ -316,7 +369,7 @@ class OnlineTrainer:
         log_with = cfg.log_with if cfg.log_with not in (None, "none", "") else None
         if log_with == "tensorboard":
             try:
-                import tensorboard  # noqa: F401
+                import tensorboard  # noqa: F401  (accelerate's tracker needs it)
             except ImportError:
                 log_with = None
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with,
@@ -359,49 +412,25 @@ class OnlineTrainer:
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.ckpt_root / pointer.read_text().strip()
-        return path if (path / "state.json").is_file() else None
+        return latest_checkpoint(self.ckpt_root)
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
         name = f"step_{self.step:09d}"
-        final = self.ckpt_root / name
         if acc.is_main_process:
-            tmp = self.ckpt_root / f".tmp-{name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self.policy.save_pretrained(tmp / "model")
-            self.buffer.save(tmp / "replay_buffer.safetensors")
-            torch.save(self.learner.state_dict(), tmp / "learner.pt")
-            state = dict(step=self.step, episode=self.episode, update_debt=self.update_debt, burst_done=self.burst_done,
-                         next_eval=self.next_eval, next_ckpt=self.next_ckpt, elapsed=self.elapsed,
-                         last_return=self.last_return, rng=rng_state())
-            (tmp / "state.json").write_text(json.dumps(state))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(self.ckpt_root / "latest", name + "\n")
-            keep = sorted(p for p in self.ckpt_root.glob("step_*") if p.is_dir())
-            for old in keep[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            state = dict(step=self.step, episode=self.episode, update_debt=self.update_debt,
+                         burst_done=self.burst_done, next_eval=self.next_eval, next_ckpt=self.next_ckpt,
+                         elapsed=self.elapsed, last_return=self.last_return, rng=rng_state())
+            write_checkpoint(self.ckpt_root, name, self.policy, self.learner, state, self.cfg.keep_checkpoints,
+                             extra=lambda tmp: self.buffer.save(tmp / "replay_buffer.safetensors"))
         acc.wait_for_everyone()
-        return final
+        return self.ckpt_root / name
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / "model" / "model.safetensors"))
-        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+        state = read_checkpoint(path, self.policy, self.learner)
         self.buffer.load(path / "replay_buffer.safetensors")
-        self.learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
-        state = json.loads((path / "state.json").read_text())
-        for key in ("step", "episode", "update_debt", "burst_done", "next_eval", "next_ckpt", "elapsed", "last_return"):
+        for key in ("step", "episode", "update_debt", "burst_done", "next_eval", "next_ckpt", "elapsed",
+                    "last_return"):
             setattr(self, key, state[key])
         if state.get("next_ckpt") is None:
             self.next_ckpt = math.inf
@@ -500,8 +529,6 @@ class OnlineTrainer:
             self.accelerator.log(values, step=self.step)
 
     def run(self) -> dict:
-        from .buffer import EpisodeRecorder  # noqa: F401  (documented helper; the loop records directly below)
-
         self.setup()
         cfg, acc = self.cfg, self.accelerator
         ckpt = self.latest_checkpoint() if cfg.resume else None
