@@ -96,6 +96,8 @@ class PretrainConfig:
         for name in ("eval_freq", "checkpoint_freq", "eval_episodes"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.push_to_hub and not self.hub_repo_id:

@@ -94,6 +94,8 @@ class RunConfig:
             raise ValueError(f"utd must be >= 0, got {self.utd}")
         if self.mode not in ("scratch", "online", "offline-to-online"):
             raise ValueError(f"mode must be scratch, online or offline-to-online, got {self.mode!r}")
+        if self.mixed_precision is False:  # YAML reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0.0 <= self.offline_ratio <= 1.0:
