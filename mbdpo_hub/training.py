@@ -563,6 +563,9 @@ class OnlineTrainer:
             obs = next_obs
             self.step += N
             if done.any():
+                now = time.perf_counter()  # elapsed_s counts training time only (evaluations are excluded below)
+                self.elapsed += now - t_last
+                t_last = now
                 for i in np.flatnonzero(done):
                     T = len(ep_act[i])
                     A = pcfg.action_dim
@@ -596,15 +599,13 @@ class OnlineTrainer:
                     self.do_updates(n)
             if done.any():
                 if done.all():  # episode boundary for every env: the place for evals and checkpoints
-                    now = time.perf_counter()
-                    self.elapsed += now - t_last
-                    t_last = now
                     if cfg.eval_freq > 0 and self.step >= self.next_eval and self.step < cfg.steps:
                         self.run_eval()
                         self.next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
                     if self.step >= self.next_ckpt and self.step < cfg.steps:
                         self.next_ckpt = (self.step // cfg.checkpoint_freq + 1) * cfg.checkpoint_freq
                         self.save_checkpoint()
+                    t_last = time.perf_counter()
             if bar is not None:
                 now = time.perf_counter()
                 bar.update(self.step - bar.n)
