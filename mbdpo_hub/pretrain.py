@@ -273,6 +273,10 @@ class OfflinePretrainer:
             config, self.dataset_tasks = build_model_config(cfg, self.tasks_meta)
             if cfg.held_out_tasks:
                 config.held_out_tasks = list(cfg.held_out_tasks)
+            # recorded so offline-to-online fine-tuning can fall back to the pretraining data
+            config.pretraining_dataset = str(cfg.dataset)
+            if cfg.dataset_revision:
+                config.pretraining_dataset_revision = str(cfg.dataset_revision)
             try:
                 ds = load_dataset_folder(cfg.dataset if not is_hub_dataset(cfg.dataset) else cfg.dataset,
                                          revision=cfg.dataset_revision if is_hub_dataset(cfg.dataset) else None)
