@@ -26,13 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text, load_run_config, parse_overrides
+from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text, load_run_config, read_config_layers
 
 # RunConfig fields that collect sets itself for each task
 _PER_TASK = {"task", "steps", "output_dir", "push_to_hub", "hub_repo_id"}
-
 
 @dataclass
 class CollectConfig:
@@ -70,24 +67,14 @@ class CollectConfig:
         for t in self.tasks:  # every per-task RunConfig must validate before anything runs
             self.run_config(t)
 
-
 COLLECT_FIELDS = {f.name for f in dataclasses.fields(CollectConfig)} - {"run"}
-
 
 def load_collect_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
                         ) -> CollectConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    run = dict(data.pop("run", None) or {})
-    model = dict(data.pop("model", None) or {})
-    model.update(over.pop("model", None) or {})
+    merged, model = read_config_layers(path, overrides)
+    run = dict(merged.pop("run", None) or {})
     kw: dict[str, Any] = {}
-    for key, value in {**data, **over}.items():
+    for key, value in merged.items():
         if key in COLLECT_FIELDS:
             kw[key] = value
         elif key in _PER_TASK:
@@ -106,7 +93,6 @@ def load_collect_config(path: str | os.PathLike | None = None, overrides: list[s
     cfg.validate()
     return cfg
 
-
 def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict]:
     from .envs.tasks import task_spec
 
@@ -116,7 +102,6 @@ def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict
         out.append(dict(name=t, obs_dim=s.obs_dim, action_dim=s.action_dim,
                         episode_length=int(episode_length or s.episode_length)))
     return out
-
 
 def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
     """Tasks with at least one episode in the dataset (empty if the dataset does not exist yet)."""
@@ -128,7 +113,6 @@ def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
     if not (folder / "meta" / "tasks.json").is_file():
         return set()
     return {t["name"] for t in read_tasks(folder)["tasks"] if int(t.get("num_episodes", 0)) > 0}
-
 
 def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str | None = None,
                   source: str | None = None) -> int:
@@ -150,7 +134,6 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
             w.add_episode(obs, act, rew, term, task=task, truncated=not bool(term[-1]))
             n += 1
     return n
-
 
 def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     """Run the collection (skipping tasks already in the dataset). Returns {task: {episodes, eval return...}}."""
@@ -193,6 +176,5 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
             source="mbdpo_hub.collect", command=command)
         push_dataset_folder(cfg.dataset_dir, cfg.hub_repo_id, card=card)
     return summary
-
 
 __all__ = ["CollectConfig", "load_collect_config", "collect", "export_buffer", "done_tasks", "task_table"]

@@ -51,8 +51,8 @@ import yaml
 from .configuration_mbdpo import MBDPOConfig
 from .learner import MBDPOLearner
 from .modeling_mbdpo import MBDPODiffusionPolicy
-from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, latest_checkpoint, parse_overrides,
-                       plot_learning_curve, read_checkpoint, set_seed, write_checkpoint)
+from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, latest_checkpoint,
+                       plot_learning_curve, read_checkpoint, read_config_layers, set_seed, write_checkpoint)
 
 
 @dataclass
@@ -122,20 +122,9 @@ PRETRAIN_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
 def load_pretrain_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
                          ) -> PretrainConfig:
     """A PretrainConfig from a YAML file plus `key=value` overrides (MBDPOConfig fields go to `model`)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a YAML mapping")
-    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    over = dict(over)
-    model = dict(data.pop("model", None) or {})
-    model.update(over.pop("model", None) or {})
+    merged, model = read_config_layers(path, overrides)
     kw = {}
-    for key, value in {**data, **over}.items():
+    for key, value in merged.items():
         if key in PRETRAIN_FIELDS:
             kw[key] = value
         elif key in MODEL_FIELDS:

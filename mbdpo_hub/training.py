@@ -133,9 +133,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """A RunConfig from a YAML file plus `key=value` overrides. Keys that are MBDPOConfig fields (at top level or
-    under `model:`) go to `RunConfig.model`; unknown keys are an error naming them."""
+def read_config_layers(path: str | os.PathLike | None, overrides: list[str] | dict | None
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """YAML file + `key=value` overrides -> (merged top-level keys, merged `model:` section). Shared by the train,
+    collect and pretrain config loaders, which then route each key to their own dataclass."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -144,10 +145,16 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a YAML mapping")
-    over = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
+    over = dict(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
     model = dict(data.pop("model", None) or {})
     model.update(over.pop("model", None) or {})
-    merged = {**data, **over}
+    return {**data, **over}, model
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """A RunConfig from a YAML file plus `key=value` overrides. Keys that are MBDPOConfig fields (at top level or
+    under `model:`) go to `RunConfig.model`; unknown keys are an error naming them."""
+    merged, model = read_config_layers(path, overrides)
     run_kwargs = {}
     for key, value in merged.items():
         if key in RUN_FIELDS:
