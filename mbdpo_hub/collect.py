@@ -31,6 +31,7 @@ from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text
 # RunConfig fields that collect sets itself for each task
 _PER_TASK = {"task", "steps", "output_dir", "push_to_hub", "hub_repo_id"}
 
+
 @dataclass
 class CollectConfig:
     tasks: list[str] = field(default_factory=lambda: ["cartpole-balance"])
@@ -67,7 +68,9 @@ class CollectConfig:
         for t in self.tasks:  # every per-task RunConfig must validate before anything runs
             self.run_config(t)
 
+
 COLLECT_FIELDS = {f.name for f in dataclasses.fields(CollectConfig)} - {"run"}
+
 
 def load_collect_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
                         ) -> CollectConfig:
@@ -93,6 +96,7 @@ def load_collect_config(path: str | os.PathLike | None = None, overrides: list[s
     cfg.validate()
     return cfg
 
+
 def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict]:
     from .envs.tasks import task_spec
 
@@ -102,6 +106,7 @@ def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict
         out.append(dict(name=t, obs_dim=s.obs_dim, action_dim=s.action_dim,
                         episode_length=int(episode_length or s.episode_length)))
     return out
+
 
 def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
     """Tasks with at least one episode in the dataset (empty if the dataset does not exist yet)."""
@@ -113,6 +118,7 @@ def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
     if not (folder / "meta" / "tasks.json").is_file():
         return set()
     return {t["name"] for t in read_tasks(folder)["tasks"] if int(t.get("num_episodes", 0)) > 0}
+
 
 def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str | None = None,
                   source: str | None = None) -> int:
@@ -134,6 +140,7 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
             w.add_episode(obs, act, rew, term, task=task, truncated=not bool(term[-1]))
             n += 1
     return n
+
 
 def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     """Run the collection (skipping tasks already in the dataset). Returns {task: {episodes, eval return...}}."""
@@ -176,5 +183,6 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
             source="mbdpo_hub.collect", command=command)
         push_dataset_folder(cfg.dataset_dir, cfg.hub_repo_id, card=card)
     return summary
+
 
 __all__ = ["CollectConfig", "load_collect_config", "collect", "export_buffer", "done_tasks", "task_table"]
