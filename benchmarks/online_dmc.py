@@ -5,7 +5,7 @@ against the paper's curves (../shared/reference-results, evaluated every 100k st
     python benchmarks/online_dmc.py --summarize-only          # re-read finished/partial runs, rewrite JSON + plot
 
 Each (task, planner, seed) is a normal run folder under --runs-dir (killed, it resumes). Runs go in parallel with
---jobs. The default CPU setting is recipes/configs/online.yaml (1M preset, 6 reverse diffusion steps x 256 samples);
+--jobs. The default CPU setting is recipes/configs/online.yaml (1M preset, 4 reverse diffusion steps x 128 samples);
 the JSON records the setting and the measured seconds per environment step.
 """
 
