@@ -52,7 +52,7 @@ from .configuration_mbdpo import MBDPOConfig
 from .learner import MBDPOLearner
 from .modeling_mbdpo import MBDPODiffusionPolicy
 from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, latest_checkpoint,
-                       plot_learning_curve, read_checkpoint, read_config_layers, set_seed, write_checkpoint)
+                       load_dataclass_config, plot_learning_curve, read_checkpoint, set_seed, write_checkpoint)
 
 
 @dataclass
@@ -116,25 +116,10 @@ class PretrainConfig:
             raise ValueError(f"unknown model fields {sorted(bad_model)}")
 
 
-PRETRAIN_FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
-
-
 def load_pretrain_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
                          ) -> PretrainConfig:
     """A PretrainConfig from a YAML file plus `key=value` overrides (MBDPOConfig fields go to `model`)."""
-    merged, model = read_config_layers(path, overrides)
-    kw = {}
-    for key, value in merged.items():
-        if key in PRETRAIN_FIELDS:
-            kw[key] = value
-        elif key in MODEL_FIELDS:
-            model[key] = value
-        else:
-            raise ValueError(f"unknown config key {key!r}: not a pretrain field ({sorted(PRETRAIN_FIELDS)}) nor an "
-                             f"MBDPOConfig field")
-    cfg = PretrainConfig(**kw, model=model)
-    cfg.validate()
-    return cfg
+    return load_dataclass_config(PretrainConfig, path, overrides, "pretrain")
 
 
 def dump_pretrain_config(cfg: PretrainConfig) -> str:

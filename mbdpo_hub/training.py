@@ -151,22 +151,29 @@ def read_config_layers(path: str | os.PathLike | None, overrides: list[str] | di
     return {**data, **over}, model
 
 
-def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """A RunConfig from a YAML file plus `key=value` overrides. Keys that are MBDPOConfig fields (at top level or
-    under `model:`) go to `RunConfig.model`; unknown keys are an error naming them."""
+def load_dataclass_config(cls, path: str | os.PathLike | None, overrides: list[str] | dict | None, kind: str):
+    """A run-like dataclass (`cls` has a `model` dict field and `validate()`) from a YAML file plus `key=value`
+    overrides. Keys that are `cls` fields go to it, MBDPOConfig fields (at top level or under `model:`) go to
+    `model`, and unknown keys are an error naming them."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"model"}
     merged, model = read_config_layers(path, overrides)
-    run_kwargs = {}
+    kwargs = {}
     for key, value in merged.items():
-        if key in RUN_FIELDS:
-            run_kwargs[key] = value
+        if key in fields:
+            kwargs[key] = value
         elif key in MODEL_FIELDS:
             model[key] = value
         else:
-            raise ValueError(f"unknown config key {key!r}: not a run field ({sorted(RUN_FIELDS)}) nor an "
+            raise ValueError(f"unknown config key {key!r}: not a {kind} field ({sorted(fields)}) nor an "
                              f"MBDPOConfig field")
-    cfg = RunConfig(**run_kwargs, model=model)
+    cfg = cls(**kwargs, model=model)
     cfg.validate()
     return cfg
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """A RunConfig from a YAML file plus `key=value` overrides (see `load_dataclass_config`)."""
+    return load_dataclass_config(RunConfig, path, overrides, "run")
 
 
 def dump_run_config(cfg: RunConfig) -> str:
