@@ -1,6 +1,6 @@
 """`mbdpo-hub` command line: demo, train, evaluate, convert, convert-dataset, card, push.
 
-    mbdpo-hub demo                          # a short real online run (minutes on a laptop CPU)
+    mbdpo-hub demo [key=value ...]          # the main job: fine-tune the embedded default (CPU, minutes)
     mbdpo-hub train --config recipes/configs/online.yaml task=walker-walk
     mbdpo-hub evaluate CHECKPOINT --tasks cartpole-balance --episodes 10 [--planner mppi]
     mbdpo-hub convert official.pt out_dir [--tasks mt30]
@@ -16,21 +16,27 @@ import json
 import sys
 from pathlib import Path
 
-DEMO_OVERRIDES = [
-    "task=cartpole-balance", "steps=3000", "seed_steps=1000", "seed_updates=200", "utd=0.5", "batch_size=128",
-    "eval_freq=1000", "eval_episodes=4", "checkpoint_freq=1000", "output_dir=runs/demo",
-    "diffusion_steps=4", "num_samples=128", "num_elites=32", "num_pi_trajs=8",
-]
+# The main job, as `make demo` runs it: recipes/configs/finetune.yaml. Kept here too so that `mbdpo-hub demo` works
+# from an installed wheel (tests check both stay the same).
+DEMO_CONFIG = {
+    "task": "cartpole-balance-sparse", "mode": "online", "checkpoint": None, "revision": None,
+    "source_task": "nearest", "offline_dataset": None, "offline_ratio": 0.5, "freeze": [], "lr_scales": {},
+    "eval_old_tasks": [], "steps": 3000, "seed": 1, "num_envs": 1, "utd": 1.0, "batch_size": 256, "eval_freq": 1000,
+    "eval_episodes": 3, "checkpoint_freq": 1000, "output_dir": "runs/demo", "log_with": "tensorboard",
+    "model": {"planner": "diffusion", "diffusion_steps": 4, "num_samples": 128, "num_elites": 32, "num_pi_trajs": 12},
+}
 
 
 def cmd_demo(args) -> int:
-    from .training import OnlineTrainer, load_run_config
+    """The main job: fine-tune the embedded default checkpoint on a held-out task (CPU, minutes)."""
+    from .finetune import make_finetune_trainer
+    from .training import load_run_config, parse_overrides
 
-    overrides = DEMO_OVERRIDES + list(args.overrides)
-    cfg = load_run_config(None, overrides)
-    print(f"mbdpo-hub demo: online MBDPO on {cfg.task} for {cfg.steps} env steps (1M preset, CPU planner "
-          f"{cfg.model.get('diffusion_steps')} steps x {cfg.model.get('num_samples')} samples) -> {cfg.output_dir}")
-    OnlineTrainer(cfg, command="mbdpo-hub demo " + " ".join(args.overrides)).run()
+    cfg = load_run_config(None, {**DEMO_CONFIG, **parse_overrides(list(args.overrides))})
+    print(f"mbdpo-hub demo: fine-tune {cfg.checkpoint or 'the embedded default checkpoint'} on {cfg.task} "
+          f"({cfg.mode}, {cfg.steps} env steps, planner {cfg.model.get('diffusion_steps')} steps x "
+          f"{cfg.model.get('num_samples')} samples) -> {cfg.output_dir}")
+    make_finetune_trainer(cfg, command="mbdpo-hub demo " + " ".join(args.overrides)).run()
     out = Path(cfg.output_dir)
     print(f"model: {out}/model.safetensors  curve: {out}/learning_curve.png  video: {out}/eval_video.mp4  "
           f"card: {out}/README.md")
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mbdpo-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="a short real online training run")
+    p = sub.add_parser("demo", help="the main job: fine-tune the embedded default on a held-out task")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("train", help="online training (same as recipes/train.py)")

@@ -436,3 +436,18 @@ def test_killed_finetune_resumes(source_dir, tmp_path):
     assert MBDPODiffusionPolicy.from_pretrained(out).config.tasks[-1] == "reacher-easy"
     assert json.loads((out / "eval_results.json").read_text())["env_steps"] == 200
     assert tree_hash(source_dir) == hashes
+
+
+@pytest.mark.slow
+def test_cli_demo_is_the_main_job(tmp_path, capsys):
+    """`mbdpo-hub demo` runs what `make demo` runs (recipes/configs/finetune.yaml, output runs/demo), in-process."""
+    from mbdpo_hub import cli
+
+    assert load_run_config(None, cli.DEMO_CONFIG) == load_run_config(FT_YAML, ["output_dir=runs/demo"])
+    out = tmp_path / "demo"
+    assert cli.main(["demo", *RUN, f"output_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tune the embedded default checkpoint on cartpole-balance-sparse" in printed
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    policy = MBDPODiffusionPolicy.from_pretrained(out)
+    assert "cartpole-balance-sparse" in policy.config.tasks
