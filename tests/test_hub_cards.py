@@ -327,3 +327,19 @@ def test_policy_push_to_hub_writes_our_card(local_hub, tiny):
     back = MBDPODiffusionPolicy.from_pretrained("org/tiny-policy", revision="v1")
     for k, v in policy.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_card_templates_ship_inside_the_package():
+    """A wheel install has no `model_cards/` beside the package: the templates travel as package data through the
+    `mbdpo_hub/model_cards` link, and `find_template` finds them there."""
+    import tomllib
+
+    import mbdpo_hub
+    from mbdpo_hub.hub.cards import DATASET_TEMPLATE, MODEL_TEMPLATE, find_template
+
+    pkg_dir = Path(mbdpo_hub.__file__).parent / "model_cards"
+    pyproject = tomllib.loads((Path(mbdpo_hub.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "model_cards/*_template.md" in pyproject["tool"]["setuptools"]["package-data"]["mbdpo_hub"]
+    for name in (MODEL_TEMPLATE, DATASET_TEMPLATE):
+        assert (pkg_dir / name).is_file()
+        assert find_template(name).read_text() == (pkg_dir / name).read_text()

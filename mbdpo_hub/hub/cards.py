@@ -65,7 +65,8 @@ _NORMALIZED_SCORE_DATASET = "mbdpo-normalized-score"
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
 def find_template(name: str) -> Path:
-    """Locate a card template: ``$MBDPO_HUB_CARD_TEMPLATES/<name>``, else ``<repo>/model_cards/<name>``."""
+    """Locate a card template: ``$MBDPO_HUB_CARD_TEMPLATES/<name>``, else ``<repo>/model_cards/<name>``, else the
+    copy shipped in the package (``mbdpo_hub/model_cards``, a link to ``<repo>/model_cards`` in a checkout)."""
     candidates = []
     if os.environ.get(TEMPLATE_DIR_ENV):
         candidates.append(Path(os.environ[TEMPLATE_DIR_ENV]) / name)
