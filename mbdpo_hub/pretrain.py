@@ -158,7 +158,8 @@ def read_dataset_tasks(dataset: str, revision: str | None = None) -> dict:
     except RevisionNotFoundError as e:
         raise ValueError(f"dataset {dataset!r}: revision {revision!r} not found on the Hub") from e
     except RepositoryNotFoundError as e:
-        raise ValueError(f"dataset {dataset!r}: no such dataset repo on the Hub (or no access)") from e
+        raise ValueError(f"dataset {dataset!r}: no local folder of that name, and no such dataset repo on the Hub "
+                         f"(or no access)") from e
     except EntryNotFoundError as e:
         raise ValueError(f"dataset {dataset!r}@{revision or 'main'} has no meta/tasks.json: not an mbdpo_hub "
                          f"dataset") from e

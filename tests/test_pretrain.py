@@ -86,7 +86,7 @@ def test_missing_hub_dataset_and_revision(local_hub, tmp_path):
     from mbdpo_hub.hub.publish import push_dataset_folder
     from mbdpo_hub.pretrain import OfflinePretrainer
 
-    with pytest.raises(ValueError, match="no such dataset repo"):
+    with pytest.raises(ValueError, match="no local folder of that name, and no such dataset repo"):
         OfflinePretrainer(pretrain_cfg("org/missing-data", tmp_path / "run")).setup()
     push_dataset_folder(write_dataset(tmp_path / "ds"), "org/data", validate=False)
     with pytest.raises(ValueError, match="revision 'nope' not found"):
