@@ -16,7 +16,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,15 @@ _NORMALIZED_SCORE_DATASET = "mbdpo-normalized-score"
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
+def _card_tags(base: Iterable[str], extra: Iterable[str] | None, tasks: Iterable[str]) -> list[str]:
+    """Base tags, then the caller's, then one tag per task: first occurrence kept, empty ones dropped."""
+    tags: list[str] = []
+    for t in [*base, *(extra or []), *(_task_tag(name) for name in tasks)]:
+        if t and t not in tags:
+            tags.append(t)
+    return tags
+
+
 def find_template(name: str) -> Path:
     """Locate a card template: ``$MBDPO_HUB_CARD_TEMPLATES/<name>``, else ``<repo>/model_cards/<name>``, else the
     copy shipped in the package (``mbdpo_hub/model_cards``, a link to ``<repo>/model_cards`` in a checkout)."""
@@ -324,10 +333,7 @@ def build_model_card(
         if t not in tasks:
             tasks.append(t)
 
-    tags: list[str] = []
-    for t in [*BASE_TAGS, *(extra_tags or []), *(_task_tag(t) for t in tasks)]:
-        if t and t not in tags:
-            tags.append(t)
+    tags = _card_tags(BASE_TAGS, extra_tags, tasks)
     model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
@@ -450,10 +456,7 @@ def build_dataset_card(
         num_episodes = sum(int(t["num_episodes"]) for t in rows)
     if not isinstance(data_files, str) or not data_files or data_files.startswith("/"):
         raise ValueError(f"data_files must be a repo-relative glob such as 'data/*.parquet', got {data_files!r}")
-    tags: list[str] = []
-    for t in [*DATASET_TAGS, *(extra_tags or []), *(_task_tag(t["name"]) for t in rows)]:
-        if t and t not in tags:
-            tags.append(t)
+    tags = _card_tags(DATASET_TAGS, extra_tags, [t["name"] for t in rows])
     name = pretty_name or repo_id.split("/")[-1]
     size = _size_category(num_frames)
     card_data = DatasetCardData(
