@@ -6,7 +6,10 @@ against the paper's curves (../shared/reference-results, evaluated every 100k st
 
 Each (task, planner, seed) is a normal run folder under --runs-dir (killed, it resumes). Runs go in parallel with
 --jobs. The default CPU setting is recipes/configs/online.yaml (1M preset, 4 reverse diffusion steps x 128 samples);
-the JSON records the setting and the measured seconds per environment step.
+the JSON records the setting and the measured seconds per environment step. After training, each final model is
+evaluated again with every planner of --final-planners (diffusion, MPPI, policy prior: the same world model, eval
+seed and episodes), so the planners are compared on identical networks; a planner given to --planners instead trains
+its own model.
 """
 
 from __future__ import annotations
@@ -43,6 +46,37 @@ def run_one(task, planner, seed, args) -> Path:
     return out
 
 
+def final_planner_eval(run: Path, task: str, args) -> dict | None:
+    """Evaluate a finished run's final world model with each of --final-planners (the same eval seed and episodes for
+    all): the diffusion planner vs MPPI (and the policy prior) on the same world model. Cached in
+    final_planners.json."""
+    path = run / "final_planners.json"
+    if not (run / "eval_results.json").exists():
+        return None
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    todo = [p for p in args.final_planners if p not in cached]
+    if todo:
+        import torch
+
+        from mbdpo_hub import MBDPODiffusionPolicy
+        from mbdpo_hub.training import evaluate
+
+        torch.set_num_threads(args.threads)
+        policy = MBDPODiffusionPolicy.from_pretrained(run)
+        for planner in todo:
+            t0 = time.time()
+            res = evaluate(policy, task, episodes=args.final_episodes, seed=args.final_seed, planner=planner)
+            cached[planner] = dict(mean_return=res["mean_return"], std_return=res["std_return"],
+                                   returns=res["returns"], episodes=args.final_episodes, seed=args.final_seed,
+                                   seconds=time.time() - t0)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cached, indent=2))
+            os.replace(tmp, path)
+            print(f"{run.name}: final eval with {planner}: {res['mean_return']:.1f} +/- {res['std_return']:.1f} "
+                  f"({args.final_episodes} episodes, {time.time() - t0:.0f}s)", flush=True)
+    return cached
+
+
 def read_curve(run: Path):
     path = run / "eval.csv"
     if not path.exists():
@@ -74,7 +108,10 @@ def summarize(args) -> dict:
                 info = {}
                 if (run / "eval_results.json").exists():
                     info = json.loads((run / "eval_results.json").read_text())
+                final = json.loads((run / "final_planners.json").read_text()) \
+                    if (run / "final_planners.json").exists() else {}
                 runs.append(dict(task=task, planner=planner, seed=seed, steps=steps, returns=returns,
+                                 final_planners=final,
                                  finished=bool(info), env_steps=info.get("env_steps"),
                                  elapsed_s=info.get("elapsed_s"),
                                  s_per_env_step=(info["elapsed_s"] / info["env_steps"]) if info else None))
@@ -86,10 +123,21 @@ def summarize(args) -> dict:
                 continue
             last = [r["returns"][-1] for r in rs]
             best_common = min(r["steps"][-1] for r in rs)
+            n = min(len(r["returns"]) for r in rs)
+            steps = rs[0]["steps"][:n]
+            mean_curve = np.mean([r["returns"][:n] for r in rs], 0)
+            above = [s for s, m in zip(steps, mean_curve) if m >= args.threshold]
             summary[f"{task}/{planner}"] = dict(
                 seeds=[r["seed"] for r in rs], last_step=[r["steps"][-1] for r in rs], last_return=last,
                 mean_last_return=float(np.mean(last)), std_last_return=float(np.std(last)),
-                common_step=best_common, finished=[r["finished"] for r in rs])
+                common_step=best_common, finished=[r["finished"] for r in rs],
+                mean_curve=dict(steps=steps, mean=mean_curve.tolist(),
+                                std=np.std([r["returns"][:n] for r in rs], 0).tolist()),
+                final_planners={p: [r["final_planners"].get(p, {}).get("mean_return") for r in rs]
+                                for p in args.final_planners},
+                threshold=args.threshold, first_step_mean_above=above[0] if above else None,
+                first_step_above_per_seed=[next((s for s, v in zip(r["steps"], r["returns"]) if v >= args.threshold),
+                                                None) for r in rs])
     refs = {t: {m: reference(m, t) for m in ("mbdpo", "tdmpc2")} for t in args.tasks}
     payload = dict(benchmark="online_dmc", config=args.config, overrides=args.overrides, steps=args.steps,
                    runs=runs, summary=summary, reference_first_points={
@@ -102,8 +150,13 @@ def summarize(args) -> dict:
     os.replace(tmp, out)
     plot(runs, refs, args, out.with_suffix(".png"))
     for k, v in summary.items():
+        finals = ", ".join(f"{p} {np.mean([x for x in xs if x is not None]):.1f}" for p, xs in v["final_planners"].items()
+                           if any(x is not None for x in xs))
+        if finals:
+            print(f"{k:40s} final model, {args.final_episodes} episodes, mean over seeds: {finals}")
         print(f"{k:40s} last eval {v['mean_last_return']:7.1f} +/- {v['std_last_return']:5.1f} "
-              f"(seeds {v['seeds']}, steps {v['last_step']})")
+              f"(seeds {v['seeds']}, steps {v['last_step']}); mean over seeds first >= {v['threshold']:g} at step "
+              f"{v['first_step_mean_above']}, per seed {v['first_step_above_per_seed']}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return payload
 
@@ -152,6 +205,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--video", action="store_true")
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--final-planners", nargs="*", default=["diffusion", "mppi", "policy"],
+                    help="after training, evaluate each final model with these planners (same world model)")
+    ap.add_argument("--final-episodes", type=int, default=10)
+    ap.add_argument("--final-seed", type=int, default=10_000)
+    ap.add_argument("--threshold", type=float, default=900.0, help="report the first eval step at/above this return")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "online_dmc.json"))
     ap.add_argument("overrides", nargs="*", help="extra key=value for every run")
     args = ap.parse_args(argv)
@@ -159,6 +217,8 @@ def main(argv=None):
         jobs = [(t, p, s) for t in args.tasks for s in args.seeds for p in args.planners]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(lambda j: run_one(*j, args), jobs))
+        for task, planner, seed in jobs:
+            final_planner_eval(Path(args.runs_dir) / f"{task}_{planner}_s{seed}", task, args)
     summarize(args)
 
 
