@@ -125,14 +125,15 @@ def summarize(args) -> dict:
             best_common = min(r["steps"][-1] for r in rs)
             n = min(len(r["returns"]) for r in rs)
             steps = rs[0]["steps"][:n]
-            mean_curve = np.mean([r["returns"][:n] for r in rs], 0)
+            returns = np.array([r["returns"][:n] for r in rs])
+            mean_curve = returns.mean(0)
             above = [s for s, m in zip(steps, mean_curve) if m >= args.threshold]
             summary[f"{task}/{planner}"] = dict(
                 seeds=[r["seed"] for r in rs], last_step=[r["steps"][-1] for r in rs], last_return=last,
                 mean_last_return=float(np.mean(last)), std_last_return=float(np.std(last)),
                 common_step=best_common, finished=[r["finished"] for r in rs],
                 mean_curve=dict(steps=steps, mean=mean_curve.tolist(),
-                                std=np.std([r["returns"][:n] for r in rs], 0).tolist()),
+                                std=returns.std(0).tolist()),
                 final_planners={p: [r["final_planners"].get(p, {}).get("mean_return") for r in rs]
                                 for p in args.final_planners},
                 threshold=args.threshold, first_step_mean_above=above[0] if above else None,
@@ -148,7 +149,7 @@ def summarize(args) -> dict:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, out)
-    plot(runs, refs, args, out.with_suffix(".png"))
+    plot(runs, summary, refs, args, out.with_suffix(".png"))
     for k, v in summary.items():
         finals = ", ".join(f"{p} {np.mean([x for x in xs if x is not None]):.1f}" for p, xs in v["final_planners"].items()
                            if any(x is not None for x in xs))
@@ -161,7 +162,7 @@ def summarize(args) -> dict:
     return payload
 
 
-def plot(runs, refs, args, path):
+def plot(runs, summary, refs, args, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,8 +175,8 @@ def plot(runs, refs, args, path):
             for i, r in enumerate(rs):
                 ax.plot(r["steps"], r["returns"], alpha=0.35, color="C0" if planner == "diffusion" else "C1")
             if rs:
-                n = min(len(r["returns"]) for r in rs)
-                ax.plot(rs[0]["steps"][:n], np.mean([r["returns"][:n] for r in rs], 0), lw=2,
+                curve = summary[f"{task}/{planner}"]["mean_curve"]
+                ax.plot(curve["steps"], curve["mean"], lw=2,
                         color="C0" if planner == "diffusion" else "C1", label=f"ours {planner} ({len(rs)} seeds)")
         for m, style in (("mbdpo", "--"), ("tdmpc2", ":")):
             ref = refs[task].get(m)
