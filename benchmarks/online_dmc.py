@@ -35,9 +35,11 @@ def run_one(task, planner, seed, args) -> Path:
     cmd = [sys.executable, str(REPO / "recipes" / "train.py"), "--config", args.config, f"task={task}",
            f"planner={planner}", f"seed={seed}", f"steps={args.steps}", f"eval_freq={args.eval_freq}",
            f"output_dir={out}", "progress=false", f"save_video={str(args.video).lower()}", *args.overrides]
-    if (out / "eval_results.json").exists():
-        return out
+    done = out / "eval_results.json"
+    if done.exists() and json.loads(done.read_text())["env_steps"] >= args.steps:
+        return out  # finished; a larger --steps extends it from its last checkpoint
     out.mkdir(parents=True, exist_ok=True)
+    (out / "final_planners.json").unlink(missing_ok=True)  # evaluations of a model this run will replace
     with open(out / "benchmark.log", "a") as log:
         t0 = time.time()
         rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -86,6 +88,21 @@ def read_curve(run: Path):
     return [int(float(r["step"])) for r in rows], [float(r["mean_return"]) for r in rows]
 
 
+def train_windows(run: Path, eval_steps: list[int], window: int) -> list[float | None]:
+    """Mean return of the training episodes (with exploration noise) that ended in (s - window, s] for each eval step
+    s: about 10 episodes per point against the evaluation's 3, a steadier view of tasks scored hit-or-miss."""
+    path = run / "train.csv"
+    if not path.exists():
+        return [None] * len(eval_steps)
+    with open(path) as f:
+        rows = [(int(float(r["step"])), float(r["episode_return"])) for r in csv.DictReader(f)]
+    out = []
+    for s in eval_steps:
+        vals = [ret for step, ret in rows if s - window < step <= s]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
+
+
 def reference(method: str, task: str):
     path = REFERENCE / method / f"{task}.csv"
     if not path.exists():
@@ -111,6 +128,7 @@ def summarize(args) -> dict:
                 final = json.loads((run / "final_planners.json").read_text()) \
                     if (run / "final_planners.json").exists() else {}
                 runs.append(dict(task=task, planner=planner, seed=seed, steps=steps, returns=returns,
+                                 train_window_returns=train_windows(run, steps, args.eval_freq),
                                  final_planners=final,
                                  finished=bool(info), env_steps=info.get("env_steps"),
                                  elapsed_s=info.get("elapsed_s"),
@@ -134,6 +152,8 @@ def summarize(args) -> dict:
                 common_step=best_common, finished=[r["finished"] for r in rs],
                 mean_curve=dict(steps=steps, mean=mean_curve.tolist(),
                                 std=returns.std(0).tolist()),
+                train_window_mean=[float(np.mean(col)) if None not in col else None
+                                   for col in zip(*(r["train_window_returns"][:n] for r in rs))],
                 final_planners={p: [r["final_planners"].get(p, {}).get("mean_return") for r in rs]
                                 for p in args.final_planners},
                 threshold=args.threshold, first_step_mean_above=above[0] if above else None,
@@ -158,6 +178,9 @@ def summarize(args) -> dict:
         print(f"{k:40s} last eval {v['mean_last_return']:7.1f} +/- {v['std_last_return']:5.1f} "
               f"(seeds {v['seeds']}, steps {v['last_step']}); mean over seeds first >= {v['threshold']:g} at step "
               f"{v['first_step_mean_above']}, per seed {v['first_step_above_per_seed']}")
+        print(f"{k:40s} mean curve (eval | training episodes in the window before each point): " + ", ".join(
+            f"{s}: {m:.1f} | {'-' if t is None else f'{t:.1f}'}"
+            for s, m, t in zip(v["mean_curve"]["steps"], v["mean_curve"]["mean"], v["train_window_mean"])))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return payload
 
@@ -178,6 +201,9 @@ def plot(runs, summary, refs, args, path):
                 curve = summary[f"{task}/{planner}"]["mean_curve"]
                 ax.plot(curve["steps"], curve["mean"], lw=2,
                         color="C0" if planner == "diffusion" else "C1", label=f"ours {planner} ({len(rs)} seeds)")
+                ax.plot(curve["steps"], [np.nan if t is None else t for t in summary[f"{task}/{planner}"]
+                                         ["train_window_mean"]], lw=1, ls="-.",
+                        color="C0" if planner == "diffusion" else "C1", label=f"{planner}: training episodes")
         for m, style in (("mbdpo", "--"), ("tdmpc2", ":")):
             ref = refs[task].get(m)
             if ref and 100_000 in ref:

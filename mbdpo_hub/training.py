@@ -613,10 +613,13 @@ class OnlineTrainer:
                     self.do_updates(n)
             if done.any():
                 if done.all():  # episode boundary for every env: the place for evals and checkpoints
-                    if cfg.eval_freq > 0 and self.step >= self.next_eval and self.step < cfg.steps:
-                        self.run_eval()
+                    last = self.step >= cfg.steps
+                    if cfg.eval_freq > 0 and self.step >= self.next_eval:
+                        if not last:  # at the last step the final evaluation after the loop is this point's
+                            self.run_eval()
                         self.next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
-                    if self.step >= self.next_ckpt and self.step < cfg.steps:
+                    # a checkpoint at the last step too: the same command with a larger `steps` extends a finished run
+                    if cfg.checkpoint_freq > 0 and (self.step >= self.next_ckpt or last):
                         self.next_ckpt = (self.step // cfg.checkpoint_freq + 1) * cfg.checkpoint_freq
                         self.save_checkpoint()
                     t_last = time.perf_counter()

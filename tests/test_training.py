@@ -109,3 +109,19 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert (out / "model.safetensors").is_file()
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert len(ckpts) <= 2 and not list((out / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_finished_run_extends_with_more_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = [f"output_dir={out}", "seed_steps=100", "eval_freq=100", "save_video=false", "log_with=none",
+              "progress=false"]
+    OnlineTrainer(load_run_config(TINY, common + ["steps=200"])).run()
+    assert "step_000000200" in (out / "checkpoints" / "latest").read_text()  # the last step is checkpointed
+    assert [int(r["step"]) for r in _rows(out / "eval.csv")] == [100, 200]
+    capsys.readouterr()
+    OnlineTrainer(load_run_config(TINY, common + ["steps=300"])).run()
+    assert "(step 200)" in capsys.readouterr().out  # continued from the end of the first run, nothing redone
+    assert [int(r["step"]) for r in _rows(out / "eval.csv")] == [100, 200, 300]  # one evaluation per point
+    assert [int(r["step"]) for r in _rows(out / "train.csv")] == [100, 200, 300]
+    assert json.loads((out / "eval_results.json").read_text())["env_steps"] == 300
