@@ -195,15 +195,15 @@ def plot(runs, summary, refs, args, path):
     for ax, task in zip(axes[0], args.tasks):
         for planner in args.planners:
             rs = [r for r in runs if r["task"] == task and r["planner"] == planner and r["returns"]]
-            for i, r in enumerate(rs):
-                ax.plot(r["steps"], r["returns"], alpha=0.35, color="C0" if planner == "diffusion" else "C1")
+            color = "C0" if planner == "diffusion" else "C1"
+            for r in rs:
+                ax.plot(r["steps"], r["returns"], alpha=0.35, color=color)
             if rs:
-                curve = summary[f"{task}/{planner}"]["mean_curve"]
-                ax.plot(curve["steps"], curve["mean"], lw=2,
-                        color="C0" if planner == "diffusion" else "C1", label=f"ours {planner} ({len(rs)} seeds)")
-                ax.plot(curve["steps"], [np.nan if t is None else t for t in summary[f"{task}/{planner}"]
-                                         ["train_window_mean"]], lw=1, ls="-.",
-                        color="C0" if planner == "diffusion" else "C1", label=f"{planner}: training episodes")
+                s = summary[f"{task}/{planner}"]
+                steps = s["mean_curve"]["steps"]
+                ax.plot(steps, s["mean_curve"]["mean"], lw=2, color=color, label=f"ours {planner} ({len(rs)} seeds)")
+                ax.plot(steps, [np.nan if t is None else t for t in s["train_window_mean"]], lw=1, ls="-.",
+                        color=color, label=f"{planner}: training episodes")
         for m, style in (("mbdpo", "--"), ("tdmpc2", ":")):
             ref = refs[task].get(m)
             if ref and 100_000 in ref:
