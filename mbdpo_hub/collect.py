@@ -142,6 +142,15 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
     return n
 
 
+def dataset_lock(dataset_dir: str | os.PathLike):
+    """An exclusive inter-process lock for appending to `dataset_dir` (a `.lock` file beside it)."""
+    from filelock import FileLock
+
+    folder = Path(dataset_dir)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"))
+
+
 def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     """Run the collection (skipping tasks already in the dataset). Returns {task: {episodes, eval return...}}."""
     cfg.validate()
@@ -151,7 +160,8 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "collect_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    done = done_tasks(cfg.dataset_dir)
+    with dataset_lock(cfg.dataset_dir):  # crash recovery must not run while another collector appends
+        done = done_tasks(cfg.dataset_dir)
     for task in cfg.tasks:
         if task in done:
             print(f"collect: {task} is already in {cfg.dataset_dir}: skipped")
@@ -161,12 +171,17 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
         results = trainer.run()
         if not trainer.accelerator.is_main_process:
             continue
-        n = export_buffer(trainer.buffer, cfg.dataset_dir, task, table, name=cfg.dataset_name,
-                          source="mbdpo_hub.collect (online MBDPO replay)")
         res = results.get(task, {})
-        summary[task] = dict(episodes=n, env_steps=int(trainer.step), updates=int(trainer.learner.num_updates),
-                             final_eval_return=res.get("mean_return"), elapsed_s=round(trainer.elapsed, 1))
-        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+        # several collect processes (disjoint task lists, one per core) may share one dataset and summary: appends
+        # and summary updates happen one at a time under a lock file beside the dataset
+        with dataset_lock(cfg.dataset_dir):
+            n = export_buffer(trainer.buffer, cfg.dataset_dir, task, table, name=cfg.dataset_name,
+                              source="mbdpo_hub.collect (online MBDPO replay)")
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+            summary[task] = dict(episodes=n, env_steps=int(trainer.step), updates=int(trainer.learner.num_updates),
+                                 final_eval_return=res.get("mean_return"), final_eval_std=res.get("std_return"),
+                                 final_eval_episodes=res.get("episodes"), elapsed_s=round(trainer.elapsed, 1))
+            atomic_write_text(summary_path, json.dumps(summary, indent=2))
         print(f"collect: {task}: {n} episodes ({trainer.step} env steps) -> {cfg.dataset_dir}")
         del trainer
     if cfg.push_to_hub:
@@ -185,4 +200,4 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     return summary
 
 
-__all__ = ["CollectConfig", "load_collect_config", "collect", "export_buffer", "done_tasks", "task_table"]
+__all__ = ["CollectConfig", "load_collect_config", "collect", "export_buffer", "done_tasks", "task_table", "dataset_lock"]

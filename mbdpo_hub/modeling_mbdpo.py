@@ -144,8 +144,8 @@ class QEnsemble(nn.Module):
                 detach: bool = False) -> torch.Tensor:
         """x (..., in) -> logits (k, ..., nb) for the k selected heads (all when `heads` is None).
 
-        `target` uses the Polyak copy; `detach` uses the online weights without gradient to them (gradients still
-        reach x), as TD-MPC2's policy update needs.
+        `target` uses the Polyak copy, always without dropout (TD targets must not be noisy); `detach` uses the
+        online weights without gradient to them (gradients still reach x), as TD-MPC2's policy update needs.
         """
         p = {}
         for name in self.param_names():
@@ -163,7 +163,7 @@ class QEnsemble(nn.Module):
             if i > 0:
                 h = torch.baddbmm(p[f"bias_{i}"].unsqueeze(1), h, p[f"weight_{i}"].transpose(1, 2))
             if i < 2:
-                if i == 0 and self.dropout > 0 and self.training:
+                if i == 0 and self.dropout > 0 and self.training and not target:
                     h = F.dropout(h, self.dropout, training=True)
                 h = F.layer_norm(h, h.shape[-1:]) * p[f"ln_weight_{i}"].unsqueeze(1) + p[f"ln_bias_{i}"].unsqueeze(1)
                 h = F.mish(h)

@@ -182,3 +182,13 @@ def test_corrupt_safetensors_is_a_clear_error(tiny, tmp_path):
     f.write_bytes(b"not a safetensors file at all")
     with pytest.raises(Exception, match="model.safetensors"):
         MBDPODiffusionPolicy.from_pretrained(tmp_path)
+
+
+def test_target_q_has_no_dropout_in_training_mode(tiny):
+    # TD targets come from the Polyak copy without dropout, even while the model is in training mode
+    wm = randomise(MBDPOWorldModel(tiny(num_q=2, dropout=0.5))).train()
+    x = torch.randn(64, wm.Qs.weight_0.shape[-1])
+    torch.testing.assert_close(wm.Qs(x, target=True), wm.Qs(x, target=True), rtol=0, atol=0)
+    assert not torch.equal(wm.Qs(x), wm.Qs(x))  # the online heads do use dropout when training
+    wm.eval()
+    torch.testing.assert_close(wm.Qs(x), wm.Qs(x), rtol=0, atol=0)
