@@ -10,7 +10,7 @@ batch size, evaluation schedule (`--eval-freq`, `--eval-episodes`, eval seed = s
 
 * finetune: `recipes/finetune.py` mode=online from `--checkpoint` (default: the embedded default checkpoint,
   mbdpo_hub/pretrained/default, 1M preset, whose config.held_out_tasks are never in its training data); the new
-  task's embedding row comes from `--source-task` (default "nearest"). No seed phase: it plans from the first step
+  task's embedding row comes from `--task-init` (default auto: nearest for a new task). No seed phase: it plans from the first step
   and updates from the end of the first episode.
 * scratch: `recipes/train.py` mode=scratch, a fresh model of the same preset (`model_size=1`), with its usual
   random-action seed phase of `--scratch-seed-steps` steps (default: the recipe's max(1000, 5 x episode length),
@@ -78,7 +78,8 @@ def command(args, task: str, method: str, seed: int) -> list[str]:
         ckpt = "null" if args.checkpoint is None else args.checkpoint
         return [sys.executable, str(REPO / "recipes" / "finetune.py"), "--config",
                 str(REPO / "recipes" / "configs" / "finetune.yaml"), "mode=online", f"checkpoint={ckpt}",
-                f"source_task={args.source_task}", *common, *args.overrides]
+                f"task_init={args.task_init}", f"source_task={args.source_task or 'null'}", *common,
+                *args.overrides]
     extra = []
     if scratch_seed_steps_of(method) is not None:
         extra.append(f"seed_steps={scratch_seed_steps_of(method)}")
@@ -190,7 +191,7 @@ def summarize(args) -> dict:
                    batch_size=args.batch_size, planner="diffusion", diffusion_steps=args.diffusion_steps,
                    num_samples=args.num_samples, num_elites=args.num_elites, num_pi_trajs=args.num_pi_trajs,
                    checkpoint=args.checkpoint or "embedded default (mbdpo_hub/pretrained/default)",
-                   source_task=args.source_task, scratch_seed_steps=args.scratch_seed_steps,
+                   task_init=args.task_init, source_task=args.source_task, scratch_seed_steps=args.scratch_seed_steps,
                    scratch_seed_updates=args.scratch_seed_updates, threads=args.threads, overrides=args.overrides)
     payload = dict(benchmark="finetune_vs_scratch", setting=setting, runs=runs, curves=curves,
                    table_markdown=table, std="population std over seeds (ddof=0)",
@@ -267,7 +268,8 @@ def main(argv=None):
     ap.add_argument("--num-elites", type=int, default=16)
     ap.add_argument("--num-pi-trajs", type=int, default=8)
     ap.add_argument("--checkpoint", default=None, help="fine-tuning source; default the embedded default")
-    ap.add_argument("--source-task", default="nearest", help='task-embedding init: a task, "nearest" or "mean"')
+    ap.add_argument("--task-init", default="auto", help="task-embedding init: auto, own, source, nearest or mean")
+    ap.add_argument("--source-task", default=None, help="the checkpoint task whose row is copied (task_init=source)")
     ap.add_argument("--scratch-seed-steps", nargs="+", default=["default"],
                     help="scratch's random-action seed phase, one scratch variant per value: 'default' (the "
                          "recipe's max(1000, 5 x episode length)) or a number of steps, e.g. 1000")

@@ -20,7 +20,7 @@ from pathlib import Path
 # from an installed wheel (tests check both stay the same).
 DEMO_CONFIG = {
     "task": "cartpole-balance-sparse", "mode": "online", "checkpoint": None, "revision": None,
-    "source_task": "nearest", "offline_dataset": None, "offline_ratio": 0.5, "freeze": [], "lr_scales": {},
+    "task_init": "auto", "source_task": None, "offline_dataset": None, "offline_ratio": 0.5, "freeze": [], "lr_scales": {},
     "eval_old_tasks": [], "steps": 3000, "seed": 1, "num_envs": 1, "utd": 1.0, "batch_size": 256, "eval_freq": 1000,
     "eval_episodes": 3, "checkpoint_freq": 1000, "output_dir": "runs/demo", "log_with": "tensorboard",
     "model": {"planner": "diffusion", "diffusion_steps": 4, "num_samples": 128, "num_elites": 32, "num_pi_trajs": 12},

@@ -10,14 +10,17 @@ or `accelerate launch recipes/finetune.py --config recipes/configs/finetune.yaml
 Model surgery (`adapt_policy_to_task`) always returns a NEW policy; the source object and its files are never
 modified. The rules:
 
-* the task is already in the checkpoint: it is reused as is (a copy of the model).
+The task's embedding row is chosen by `task_init` (`resolve_task_init`): ``own`` keeps a known task's row,
+``source`` copies `source_task`'s row, ``nearest`` the row of the nearest task by `nearest_task` (the paper's O2O
+pairs first, e.g. walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the
+same domain, then the same dims; first in checkpoint order; else the mean of all rows), ``mean`` the mean of all rows;
+``auto`` (default) is ``source`` when `source_task` is given, else ``own`` for a known task and ``nearest`` for a new
+one. A given `source_task` is never ignored: it with any task_init but source/auto is an error.
+
+* the task is already in the checkpoint: a copy of the model, its row kept (own) or re-initialised (the paper's O2O
+  recipe: the target starts from the source task's row).
 * a multi-task checkpoint (task_dim > 0) and a new task: one task-embedding row is appended (task id = the old
-  number of tasks), initialised by `init`:
-    - ``"source"``: a copy of `source_task`'s row (must be one of the checkpoint's tasks);
-    - ``"nearest"``: a copy of the row of the nearest task by `nearest_task` (the paper's O2O pairs first, e.g.
-      walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the same domain,
-      then the same (obs, action) dims; first in checkpoint order), else the mean of all rows;
-    - ``"mean"``: the mean of all rows.
+  number of tasks), initialised as above.
   `tasks / obs_dims / action_dims / episode_lengths` gain the task, its action-mask row comes from its true action
   dim and its discount from its episode length (TD-MPC2's heuristic).
 * a single-task checkpoint (task_dim 0): there is no embedding to add; the task REPLACES the old one when its dims
@@ -31,8 +34,7 @@ modified. The rules:
 
 `make_finetune_trainer(cfg)` builds the `OnlineTrainer` for `mode=online` or `mode=offline-to-online` (offline data
 from `cfg.offline_dataset`, a local dataset folder or a Hub dataset id, remapped to the fine-tuning task's id).
-`cfg.source_task` selects the embedding initialisation: a task name (``init="source"``), ``"nearest"`` (default
-when empty) or ``"mean"``.
+`cfg.task_init` and `cfg.source_task` select the embedding initialisation.
 """
 
 from __future__ import annotations
@@ -67,7 +69,28 @@ PAPER_SOURCE_TASKS: dict[str, str] = {
     "mw-hand-insert": "mw-sweep-into",
 }
 
-INITS = ("source", "nearest", "mean")
+#: how the fine-tuning task's embedding row starts: `own` keeps a known task's row; `source` copies source_task's row;
+#: `nearest` copies the nearest task's row (`nearest_task`); `mean` is the mean of all rows; `auto` is source when
+#: source_task is given, else own for a known task and nearest for a new one
+INITS = ("own", "source", "nearest", "mean")
+TASK_INITS = ("auto",) + INITS
+
+
+def resolve_task_init(task_init: str | None, source_task: str | None, known: bool) -> str:
+    """The concrete `INITS` entry for (task_init, source_task), refusing combinations that would ignore a value."""
+    task_init = task_init or "auto"
+    if task_init not in TASK_INITS:
+        raise ValueError(f"task_init must be one of {TASK_INITS}, got {task_init!r}")
+    if source_task in ("mean", "nearest"):
+        raise ValueError(f"source_task={source_task!r} is not a task name: use task_init={source_task} instead")
+    if task_init == "auto":
+        return "source" if source_task else ("own" if known else "nearest")
+    if task_init == "source" and not source_task:
+        raise ValueError("task_init=source needs source_task=<one of the checkpoint's tasks>")
+    if source_task and task_init != "source":
+        raise ValueError(f"source_task={source_task!r} is only used with task_init=source (or auto), but "
+                         f"task_init={task_init}: drop one of them")
+    return task_init
 
 #: config fields that change tensor shapes or module structure: a run override may not change them
 STRUCTURAL_FIELDS = frozenset({
@@ -244,32 +267,43 @@ def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: s
                          episode_length: int | None = None) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
     """A NEW policy that knows `task` (see the module docstring for the rules); the source is not modified.
 
-    `init`: ``"source"`` (needs `source_task`), ``"nearest"`` or ``"mean"``; default ``"source"`` when
-    `source_task` is given, else ``"nearest"``. The task's true obs/action dims and episode length come from
+    `init`: one of `TASK_INITS` (default ``"auto"``, see the module docstring). The task's true obs/action dims and episode length come from
     `mbdpo_hub.envs.task_spec` unless given. Returns (policy, info) with info keys: task, task_id, added,
     replaced, init, source_task (the row copied, None for the mean), extended_obs (old, new) or None,
     extended_action (old, new) or None.
     """
     cfg = policy.config
-    if init is None:
-        init = "source" if source_task else "nearest"
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "source" and not source_task:
-        raise ValueError("init='source' needs source_task=<one of the checkpoint's tasks>")
+    init = resolve_task_init(init, source_task, task in cfg.tasks)
     if source_task and source_task not in cfg.tasks:
         raise ValueError(f"source_task {source_task!r} is not in the checkpoint; its tasks are {cfg.tasks}")
+    if init == "source" and source_task == task:
+        raise ValueError(f"source_task={task!r} is the fine-tuning task itself: use task_init=own to keep its row")
     o, a, ep_len = _task_dims(task, obs_dim, action_dim, episode_length)
     info: dict[str, Any] = dict(task=task, added=False, replaced=None, init=None, source_task=None,
                                 extended_obs=None, extended_action=None)
     src_sd = {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
-    if task in cfg.tasks:  # reuse
+    if task in cfg.tasks:  # keep its row (own) or re-initialise it (the paper's O2O: start from the source's row)
         i = cfg.tasks.index(task)
         if (cfg.obs_dims[i], cfg.action_dims[i]) != (o, a):
             raise ValueError(f"task {task!r} is in the checkpoint with (obs, action) dims "
                              f"({cfg.obs_dims[i]}, {cfg.action_dims[i]}) but the environment has ({o}, {a})")
         new = MBDPODiffusionPolicy(_config_with(cfg))
+        if init != "own":
+            if cfg.task_dim == 0:
+                raise ValueError(f"task_init={init} needs a task embedding, and this single-task checkpoint has "
+                                 "none: use task_init=own")
+            emb = src_sd["world_model.task_embedding.weight"]
+            others = [t for t in cfg.tasks if t != task]
+            src = source_task if init == "source" else None
+            if init == "nearest":
+                j = [cfg.tasks.index(t) for t in others]
+                src = nearest_task(task, others, [cfg.obs_dims[k] for k in j], [cfg.action_dims[k] for k in j], o, a)
+            row = emb.mean(0) if src is None else emb[cfg.tasks.index(src)]
+            emb[i] = row.clone()
+            info.update(init=init if src is not None or init == "mean" else "mean", source_task=src)
+        else:
+            info.update(init="own", source_task=task)
         new.load_state_dict(src_sd, strict=True)
         info["task_id"] = i
         return _finish(new, policy), info
@@ -290,6 +324,9 @@ def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: s
         info.update(task_id=0, replaced=cfg.tasks[0])
         return _finish(new, policy), info
 
+    if init == "own":
+        raise ValueError(f"task_init=own: task {task!r} is not in the checkpoint (its tasks are {cfg.tasks}); use "
+                         "task_init=source (with source_task=...), nearest or mean")
     # multi-task checkpoint, new task: one more embedding row, possibly wider obs / action inputs
     n, O, A, td, L = cfg.num_tasks, cfg.obs_dim, cfg.action_dim, cfg.task_dim, cfg.latent_dim
     O2, A2 = max(O, o), max(A, a)
@@ -392,6 +429,8 @@ def apply_model_overrides(policy: MBDPODiffusionPolicy, overrides: dict[str, Any
         for key in overrides:
             if key not in STRUCTURAL_FIELDS:
                 setattr(cfg, key, getattr(fresh, key))  # validated by building `fresh`
+        if any(k.startswith("discount_") for k in overrides):
+            policy.refresh_discounts()  # the learner and planner read the buffer, not the config
         policy._planner = None
     return policy
 
@@ -449,20 +488,10 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _init_from_source_task(source_task: str | None) -> tuple[str | None, str | None]:
-    """RunConfig.source_task -> (source_task, init): a task name, "nearest" (also when empty) or "mean"."""
-    if source_task in (None, "", "nearest"):
-        return None, "nearest"
-    if source_task == "mean":
-        return None, "mean"
-    return source_task, "source"
-
-
 def prepare_finetune_policy(cfg) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
     """Load `cfg.checkpoint` @ `cfg.revision`, adapt it to `cfg.task` and apply `cfg.model` overrides."""
     source = load_source_policy(cfg.checkpoint, cfg.revision)
-    src_task, init = _init_from_source_task(cfg.source_task)
-    policy, info = adapt_policy_to_task(source, cfg.task, source_task=src_task, init=init)
+    policy, info = adapt_policy_to_task(source, cfg.task, source_task=cfg.source_task or None, init=cfg.task_init)
     apply_model_overrides(policy, cfg.model)
     if cfg.episode_length is not None and policy.config.horizon >= cfg.episode_length:
         raise ValueError(f"horizon={policy.config.horizon} is not shorter than episode_length={cfg.episode_length}")

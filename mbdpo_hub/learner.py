@@ -7,6 +7,7 @@ A batch holds (H+1)-step sub-trajectories, time-major:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -53,13 +54,18 @@ class MBDPOLearner:
 
     lr_scales: per-group multipliers of `config.lr` (default: encoder 0.3 = TD-MPC2's enc_lr_scale).
     freeze: group names whose parameters are not trained (e.g. ["encoder", "dynamics"] for fine-tuning).
+    mixed_precision: "bf16" runs the loss computations under bf16 autocast; backward and the steps stay outside it.
     reduce_fn: mean over processes (e.g. `accelerator.reduce(x, "mean")`), applied to gradients and to running
     statistics so that every process keeps identical weights in multi-process training.
     """
 
     def __init__(self, policy: MBDPODiffusionPolicy, *, lr_scales: dict[str, float] | None = None,
-                 freeze: list[str] | tuple[str, ...] = (), reduce_fn: Callable | None = None):
+                 freeze: list[str] | tuple[str, ...] = (), reduce_fn: Callable | None = None,
+                 mixed_precision: str = "no"):
         cfg = policy.config
+        if mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
+        self.mixed_precision = mixed_precision
         unknown = set(freeze) | set(lr_scales or {})
         unknown -= set(PARAM_GROUPS)
         if unknown:
@@ -208,6 +214,12 @@ class MBDPOLearner:
         loss = ((-(cfg.entropy_coef * out.scaled_entropy + q)).mean(dim=(1, 2)) * rho).mean()
         return loss, dict(pi_loss=loss, pi_entropy=out.entropy.mean(), pi_scale=self.scale.value.clone())
 
+    def autocast(self):
+        """bf16 autocast for the forward passes of an update (a no-op at full precision)."""
+        if self.mixed_precision == "bf16":
+            return torch.autocast(self.policy.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     # --- the update --------------------------------------------------------------------------------------------------
     def _step(self, optim, loss, params) -> torch.Tensor:
         optim.zero_grad(set_to_none=True)
@@ -224,19 +236,21 @@ class MBDPOLearner:
         """One gradient step of world model + energy (+ score), one of the policy prior, then Polyak."""
         cfg, policy = self.config, self.policy
         policy.train()
-        total, metrics, zs = self.world_model_losses(batch)
-        e_loss, e_metrics = self.energy_loss(zs[:-1], batch["action"], batch.get("task"))
-        total = total + cfg.energy_coef * e_loss
-        metrics.update(e_metrics)
-        if policy.score_net is not None and cfg.score_coef > 0:
-            s_loss, s_metrics = self.score_loss(zs[0], batch.get("task"))
-            total = total + cfg.score_coef * s_loss
-            metrics.update(s_metrics)
+        with self.autocast():  # forward passes only: backward and the optimiser steps run outside autocast
+            total, metrics, zs = self.world_model_losses(batch)
+            e_loss, e_metrics = self.energy_loss(zs[:-1], batch["action"], batch.get("task"))
+            total = total + cfg.energy_coef * e_loss
+            metrics.update(e_metrics)
+            if policy.score_net is not None and cfg.score_coef > 0:
+                s_loss, s_metrics = self.score_loss(zs[0], batch.get("task"))
+                total = total + cfg.score_coef * s_loss
+                metrics.update(s_metrics)
         if self.optim is not None:
             wm_params = [p for g in self.optim.param_groups for p in g["params"]]
             metrics["grad_norm"] = self._step(self.optim, total, wm_params)
         if self.pi_optim is not None:
-            pi_loss, pi_metrics = self.policy_loss(zs, batch.get("task"))
+            with self.autocast():
+                pi_loss, pi_metrics = self.policy_loss(zs, batch.get("task"))
             self._step(self.pi_optim, pi_loss, self.pi_optim.param_groups[0]["params"])
             metrics.update(pi_metrics)
             # keep the policy loss's gradient out of shared modules' next step

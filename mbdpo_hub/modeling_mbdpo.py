@@ -12,6 +12,7 @@ planner, behind `select_action`. Every network input is the concatenation [state
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -52,9 +53,10 @@ def two_hot(x: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
 
 
 def two_hot_inv(logits: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
-    """Logits (..., nb) -> expected scalar (..., 1) in the original (symexp) space."""
-    bins = torch.linspace(config.vmin, config.vmax, config.num_bins, device=logits.device, dtype=logits.dtype)
-    return symexp((F.softmax(logits, dim=-1) * bins).sum(-1, keepdim=True))
+    """Logits (..., nb) -> expected scalar (..., 1) in the original (symexp) space, computed in float32 (a bf16 bin
+    grid is off by up to 0.0375 in symlog space)."""
+    bins = torch.linspace(config.vmin, config.vmax, config.num_bins, device=logits.device, dtype=torch.float32)
+    return symexp((F.softmax(logits.float(), dim=-1) * bins).sum(-1, keepdim=True))
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, config: MBDPOConfig) -> torch.Tensor:
@@ -551,6 +553,22 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
             self._prev_mean.copy_(mean)
             self._has_prev.fill_(True)
         return action[0] if single else action
+
+    @contextmanager
+    def separate_plan_state(self):
+        """Plan with a fresh warm-start state inside the block and restore the caller's afterwards (evaluation must
+        neither see nor overwrite the training envs' warm starts, whatever the two batch sizes are)."""
+        saved = (self._prev_mean, self._has_prev)
+        self._prev_mean = self._has_prev = None
+        try:
+            yield self
+        finally:
+            self._prev_mean, self._has_prev = saved
+
+    def refresh_discounts(self) -> None:
+        """Rewrite the persistent per-task discount buffer from the config (after a discount_* change)."""
+        d = self.world_model.discounts
+        d.copy_(torch.tensor(self.config.discounts, dtype=d.dtype, device=d.device))
 
     def _ensure_warm_start(self, num_envs: int) -> None:
         H, A = self.config.horizon, self.config.action_dim

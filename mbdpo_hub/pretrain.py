@@ -265,7 +265,7 @@ class OfflinePretrainer:
         self.policy = MBDPODiffusionPolicy(config).to(acc.device)
         self.config = self.policy.config
         reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
-        self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn)
+        self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn, mixed_precision=cfg.mixed_precision)
         self.step = 0
         self.elapsed = 0.0
         self.last_eval: dict | None = None
@@ -358,8 +358,7 @@ class OfflinePretrainer:
         batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.buffer.sample().items()}
         if self.config.num_tasks == 1:
             batch["task"] = None
-        with self.autocast():
-            metrics = self.learner.update(batch)
+        metrics = self.learner.update(batch)  # bf16 autocast around its forward passes only
         self.step += 1
         for k, v in metrics.items():
             self.metrics_acc.setdefault(k, []).append(v)

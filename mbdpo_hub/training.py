@@ -72,7 +72,8 @@ class RunConfig:
     mode: str = "scratch"  # "scratch" | "online" | "offline-to-online"
     checkpoint: str | None = None
     revision: str | None = None
-    source_task: str | None = None
+    source_task: str | None = None  # the checkpoint task whose embedding row starts the new task (task_init=source)
+    task_init: str = "auto"  # auto | own | source | nearest | mean (mbdpo_hub.finetune.TASK_INITS)
     freeze: list[str] = field(default_factory=list)
     lr_scales: dict[str, float] = field(default_factory=dict)
     offline_dataset: str | None = None
@@ -285,7 +286,7 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
              episode_length: int | None = None) -> dict[str, Any]:
     """Deterministic evaluation (eval_mode=True): `episodes` episodes run side by side in a vector env, planning
     batched over them. Returns mean/std return (and success where the env reports it). With `video_path`, one more
-    episode is rendered and written there."""
+    episode is rendered and written there. The caller's warm-start plans are neither read nor overwritten."""
     from .envs import make_vec_env
 
     cfg = policy.config
@@ -293,25 +294,23 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
     old_planner = cfg.planner
     if planner is not None:
         cfg.planner = planner
+    env_kw = {} if episode_length is None else dict(episode_length=episode_length)
+    envs = make_vec_env(task, episodes, seed=seed, **env_kw)
     try:
-        env_kw = {} if episode_length is None else dict(episode_length=episode_length)
-        envs = make_vec_env(task, episodes, seed=seed, **env_kw)
-        obs, _ = envs.reset(seed=seed)
-        policy.reset()
-        returns = np.zeros(episodes)
-        success = np.zeros(episodes)
-        done = np.zeros(episodes, dtype=bool)
-        A_env = envs.single_action_space.shape[0]
-        steps = 0
-        while not done.all():
-            action = policy.select_action(pad_to(obs.astype(np.float32), cfg.obs_dim), task=task_id, eval_mode=True)
-            obs, reward, term, trunc, info = envs.step(action[:, :A_env].cpu().numpy())
-            returns += reward * ~done
-            if "success" in info:
-                success = np.where(done, success, np.asarray(info["success"], dtype=float))
-            done |= term | trunc
-            steps += 1
-        envs.close()
+        with policy.separate_plan_state():
+            obs, _ = envs.reset(seed=seed)
+            returns = np.zeros(episodes)
+            success = np.zeros(episodes)
+            done = np.zeros(episodes, dtype=bool)
+            A_env = envs.single_action_space.shape[0]
+            while not done.all():
+                action = policy.select_action(pad_to(obs.astype(np.float32), cfg.obs_dim), task=task_id,
+                                              eval_mode=True)
+                obs, reward, term, trunc, info = envs.step(action[:, :A_env].cpu().numpy())
+                returns += reward * ~done
+                if "success" in info:
+                    success = np.where(done, success, np.asarray(info["success"], dtype=float))
+                done |= term | trunc
         result = dict(task=task, episodes=episodes, mean_return=float(returns.mean()),
                       std_return=float(returns.std()), returns=returns.tolist(), planner=cfg.planner,
                       mean_success=float(success.mean()))
@@ -320,28 +319,32 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
                                                episode_length=episode_length))
         return result
     finally:
+        envs.close()
         cfg.planner = old_planner
 
 
 @torch.no_grad()
 def record_video(policy: MBDPODiffusionPolicy, task: str, path, seed: int = 0, size: int = 240,
                  episode_length: int | None = None) -> Path:
+    """Render one deterministic episode to `path` (mp4); the caller's warm-start plans are left untouched."""
     from .envs import make_env, record_episode_video
 
     cfg = policy.config
     env_kw = {} if episode_length is None else dict(episode_length=episode_length)
     env = make_env(task, seed=seed, render_mode="rgb_array", render_width=size, render_height=size, **env_kw)
-    obs, _ = env.reset(seed=seed)
-    policy.reset()
-    frames = [env.render()]
-    done = False
-    while not done:
-        a = policy.select_action(pad_to(obs.astype(np.float32), cfg.obs_dim), task=cfg.task_id(task),
-                                 eval_mode=True)
-        obs, _, term, trunc, _ = env.step(a[: env.action_space.shape[0]].cpu().numpy())
-        frames.append(env.render())
-        done = term or trunc
-    env.close()
+    try:
+        with policy.separate_plan_state():
+            obs, _ = env.reset(seed=seed)
+            frames = [env.render()]
+            done = False
+            while not done:
+                a = policy.select_action(pad_to(obs.astype(np.float32), cfg.obs_dim), task=cfg.task_id(task),
+                                         eval_mode=True)
+                obs, _, term, trunc, _ = env.step(a[: env.action_space.shape[0]].cpu().numpy())
+                frames.append(env.render())
+                done = term or trunc
+    finally:
+        env.close()
     return Path(record_episode_video(frames, path, fps=30))
 
 
@@ -397,7 +400,8 @@ class OnlineTrainer:
         pcfg = self.policy.config
         self.task_id = pcfg.task_id(cfg.task)
         reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
-        self.learner = MBDPOLearner(self.policy, freeze=cfg.freeze, lr_scales=cfg.lr_scales, reduce_fn=reduce_fn)
+        self.learner = MBDPOLearner(self.policy, freeze=cfg.freeze, lr_scales=cfg.lr_scales, reduce_fn=reduce_fn,
+                                    mixed_precision=cfg.mixed_precision)
         spec = task_spec(cfg.task)
         self.episode_length = cfg.episode_length or spec.episode_length
         # a whole run fits: every episode stores one entry more than its steps (the reset observation)
@@ -521,8 +525,7 @@ class OnlineTrainer:
             batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.sample_batch().items()}
             if self.policy.config.num_tasks == 1:
                 batch["task"] = None
-            with self.autocast():
-                metrics = self.learner.update(batch)
+            metrics = self.learner.update(batch)  # bf16 autocast around its forward passes only
             for k, v in metrics.items():
                 self.metrics_acc.setdefault(k, []).append(v)
 

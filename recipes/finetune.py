@@ -7,7 +7,8 @@
 
 checkpoint: a local model folder, a Hub model id (revision = branch / tag / commit), an official TD-MPC2 / MBDPO
 .pt or .pt.xz file, or empty for the embedded default (mbdpo_hub/pretrained/default). A task the checkpoint does
-not know gets a new task-embedding row initialised from source_task (a task name), "nearest" (default) or "mean";
+not know gets a new task-embedding row, chosen by task_init: source (source_task's row), nearest (default), mean, or
+own (a known task keeps its row; any other task_init re-initialises it);
 larger obs/action dims are handled by zero-extending the input layers. freeze=[encoder,...] and lr_scales={qs: 0.5}
 go to the learner; eval_old_tasks=[...] keeps measuring old tasks. Every RunConfig / MBDPOConfig field can be
 given as key=value (architecture fields must match the checkpoint). Killed, the same command resumes.

@@ -356,7 +356,7 @@ def test_offline_to_online_finetune(source_dir, tmp_path, monkeypatch):
     hashes = tree_hash(source_dir)
     out = tmp_path / "run"
     cfg = load_run_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=offline-to-online",
-                                    f"offline_dataset={data}", "source_task=mean", f"output_dir={out}", *RUN])
+                                    f"offline_dataset={data}", "task_init=mean", f"output_dir={out}", *RUN])
     trainer = make_finetune_trainer(cfg)
     off = trainer.offline_buffer
     assert off.num_episodes == 2 and (off.obs_dim, off.action_dim) == (6, 2)
@@ -451,3 +451,57 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     policy = MBDPODiffusionPolicy.from_pretrained(out)
     assert "cartpole-balance-sparse" in policy.config.tasks
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# task_init, discount overrides, plan state (review fixes)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_known_task_with_source_task_gets_the_source_row():
+    # the paper's O2O recipe: the target starts from the source task's row, even when the target is in the checkpoint
+    src = tiny_two_task()
+    new, info = adapt_policy_to_task(src, "pendulum-swingup", source_task="cartpole-balance")
+    emb = src.world_model.task_embedding.weight
+    assert info["init"] == "source" and info["source_task"] == "cartpole-balance" and info["task_id"] == 1
+    assert torch.equal(new.world_model.task_embedding.weight[1], emb[0])
+    assert torch.equal(new.world_model.task_embedding.weight[0], emb[0])
+    new2, info2 = adapt_policy_to_task(src, "pendulum-swingup", init="own")
+    assert info2["init"] == "own" and torch.equal(new2.world_model.task_embedding.weight, emb)
+    new3, info3 = adapt_policy_to_task(src, "pendulum-swingup", init="mean")
+    assert torch.allclose(new3.world_model.task_embedding.weight[1], emb.mean(0))
+    new4, info4 = adapt_policy_to_task(src, "cartpole-balance", init="nearest")  # never itself
+    assert info4["source_task"] is None and info4["init"] == "mean"
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(task="pendulum-swingup", source_task="cartpole-balance", init="own"), "only used with task_init=source"),
+    (dict(task="cartpole-swingup", source_task="cartpole-balance", init="mean"), "only used with task_init=source"),
+    (dict(task="cartpole-swingup", source_task="mean"), "use task_init=mean"),
+    (dict(task="cartpole-swingup", init="own"), "task_init=own: task 'cartpole-swingup' is not in the checkpoint"),
+    (dict(task="pendulum-swingup", source_task="pendulum-swingup"), "is the fine-tuning task itself"),
+])
+def test_task_init_never_ignores_a_value(kw, match):
+    with pytest.raises(ValueError, match=match):
+        adapt_policy_to_task(tiny_two_task(), kw.pop("task"), **kw)
+
+
+def test_discount_override_reaches_the_buffer():
+    src = tiny_two_task()
+    old = src.world_model.discounts.clone()
+    ft.apply_model_overrides(src, {"discount_max": 0.97})
+    assert src.config.discount_max == 0.97
+    torch.testing.assert_close(src.world_model.discounts, torch.tensor(src.config.discounts))
+    assert (src.world_model.discounts <= 0.97 + 1e-6).all() and not torch.equal(src.world_model.discounts, old)
+
+
+def test_evaluation_leaves_training_warm_starts_alone(monkeypatch):
+    from mbdpo_hub import training
+
+    policy = tiny_two_task()
+    obs = torch.randn(2, 5)
+    policy.select_action(obs, task=0)  # two training envs with warm starts
+    before = (policy._prev_mean.clone(), policy._has_prev.clone())
+    res = training.evaluate(policy, "cartpole-balance", episodes=2, seed=0, episode_length=20)  # same batch size
+    assert res["episodes"] == 2
+    assert torch.equal(policy._prev_mean, before[0]) and torch.equal(policy._has_prev, before[1])

@@ -118,3 +118,35 @@ def test_reduce_fn_is_applied(tiny):
     p = MBDPODiffusionPolicy(tiny())
     MBDPOLearner(p, reduce_fn=reduce_fn).update(make_batch(p.config))
     assert len(calls) > len(list(p.parameters())) // 2
+
+
+def test_bf16_update_runs_backward_outside_autocast(tiny, monkeypatch):
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny())
+    learner = MBDPOLearner(p, mixed_precision="bf16")
+    seen = []
+    real_step = learner._step
+
+    def step(optim, loss, params):
+        seen.append((torch.is_autocast_enabled("cpu"), loss.dtype))
+        return real_step(optim, loss, params)
+
+    monkeypatch.setattr(learner, "_step", step)
+    metrics = learner.update(make_batch(p.config))
+    assert seen and all(not enabled for enabled, _ in seen)  # backward + step never inside autocast
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert all(t.dtype == torch.float32 for t in p.parameters())
+    with pytest.raises(ValueError, match="mixed_precision"):
+        MBDPOLearner(p, mixed_precision="fp16")
+
+
+def test_two_hot_decoding_is_float32_under_bf16(tiny):
+    from mbdpo_hub.modeling_mbdpo import symlog, two_hot, two_hot_inv
+
+    cfg = tiny()
+    x = torch.linspace(-20, 20, 41).unsqueeze(-1)
+    logits = torch.log(two_hot(x, cfg) + 1e-12)
+    exact = two_hot_inv(logits, cfg)
+    low = two_hot_inv(logits.bfloat16(), cfg)  # bf16 logits (as under autocast); the bin grid stays float32
+    assert low.dtype == torch.float32
+    assert (symlog(low) - symlog(exact)).abs().max() < 0.02
