@@ -24,7 +24,7 @@ test-fast: install
 # the main job: fine-tune the embedded default checkpoint on a held-out task (CPU, minutes)
 demo: install
 	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		recipes/finetune.py --config recipes/configs/finetune.yaml output_dir=runs/demo
+		recipes/finetune.py --config recipes/configs/finetune.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

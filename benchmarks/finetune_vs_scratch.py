@@ -86,7 +86,7 @@ def command(args, task: str, method: str, seed: int) -> list[str]:
     if args.scratch_seed_updates is not None:
         extra.append(f"seed_updates={args.scratch_seed_updates}")
     return [sys.executable, str(REPO / "recipes" / "train.py"), "--config",
-            str(REPO / "recipes" / "configs" / "online.yaml"), "mode=scratch", "model_size=1", *extra, *common,
+            str(REPO / "recipes" / "configs" / "online.yaml"), "model_size=1", *extra, *common,
             *args.overrides]
 
 

@@ -234,7 +234,7 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides passed to every run")
     args = ap.parse_args(argv)
     if not args.summarize_only:
-        from mbdpo_hub.pretrain import is_hub_dataset
+        from mbdpo_hub.utils import is_hub_repo_id as is_hub_dataset
 
         local_root = Path(args.dataset.split("/")[0])
         if not Path(args.dataset).exists() and (local_root.is_dir() or not is_hub_dataset(args.dataset)):

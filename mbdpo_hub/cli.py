@@ -16,23 +16,17 @@ import json
 import sys
 from pathlib import Path
 
-# The main job, as `make demo` runs it: recipes/configs/finetune.yaml. Kept here too so that `mbdpo-hub demo` works
-# from an installed wheel (tests check both stay the same).
-DEMO_CONFIG = {
-    "task": "cartpole-balance-sparse", "mode": "online", "checkpoint": None, "revision": None,
-    "task_init": "auto", "source_task": None, "offline_dataset": None, "offline_ratio": 0.5, "freeze": [], "lr_scales": {},
-    "eval_old_tasks": [], "steps": 3000, "seed": 1, "num_envs": 1, "utd": 1.0, "batch_size": 256, "eval_freq": 1000,
-    "eval_episodes": 3, "checkpoint_freq": 1000, "output_dir": "runs/demo", "log_with": "tensorboard",
-    "model": {"planner": "diffusion", "diffusion_steps": 4, "num_samples": 128, "num_elites": 32, "num_pi_trajs": 12},
-}
+# The main job, as `make demo` runs it. The file ships in the package (recipes/configs/finetune.yaml links to it), so
+# `mbdpo-hub demo` works from an installed wheel.
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune.yaml"
 
 
 def cmd_demo(args) -> int:
     """The main job: fine-tune the embedded default checkpoint on a held-out task (CPU, minutes)."""
     from .finetune import make_finetune_trainer
-    from .training import load_run_config, parse_overrides
+    from .training import load_finetune_config
 
-    cfg = load_run_config(None, {**DEMO_CONFIG, **parse_overrides(list(args.overrides))})
+    cfg = load_finetune_config(DEMO_CONFIG, list(args.overrides))
     print(f"mbdpo-hub demo: fine-tune {cfg.checkpoint or 'the embedded default checkpoint'} on {cfg.task} "
           f"({cfg.mode}, {cfg.steps} env steps, planner {cfg.model.get('diffusion_steps')} steps x "
           f"{cfg.model.get('num_samples')} samples) -> {cfg.output_dir}")

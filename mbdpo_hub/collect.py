@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, atomic_write_text, load_run_config, read_config_layers
+from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, load_run_config, read_config_layers
+from .utils import atomic_write_text
 
 # RunConfig fields that collect sets itself for each task
 _PER_TASK = {"task", "steps", "output_dir", "push_to_hub", "hub_repo_id"}

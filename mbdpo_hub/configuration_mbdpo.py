@@ -216,6 +216,29 @@ class MBDPOConfig(PreTrainedConfig):
             raise ValueError("planner='score' needs use_score_network=True (there is no score network to use).")
 
     # --- derived quantities --------------------------------------------------------------------------------------
+    #: fields that fix tensor shapes or module structure: a loaded checkpoint's values cannot be overridden (the
+    #: task lists and padded dims change only through the model's `add_task` / `resize_inputs`)
+    ARCHITECTURE_FIELDS = frozenset({
+        "tasks", "obs_dims", "action_dims", "episode_lengths", "obs_dim", "action_dim", "task_set", "episodic",
+        "model_size", "num_enc_layers", "enc_dim", "mlp_dim", "latent_dim", "task_dim", "num_q", "dropout",
+        "simnorm_dim", "num_bins", "vmin", "vmax", "log_std_min", "log_std_max", "use_score_network",
+        "time_embed_dim"})
+
+    def replace(self, **changes: Any) -> "MBDPOConfig":
+        """A new, validated config with `changes` applied (this one is not modified)."""
+        d = self.to_dict()
+        for k in ("transformers_version", "architectures", "_name_or_path", "_commit_hash"):
+            d.pop(k, None)
+        d.update(changes)
+        try:
+            return type(self).from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"invalid config ({', '.join(sorted(changes)) or 'copy'}): {e}") from e
+        except Exception as e:  # noqa: BLE001 - huggingface_hub's strict-dataclass validation errors
+            if type(e).__name__.startswith("StrictDataclass"):
+                raise ValueError(f"invalid config ({', '.join(sorted(changes)) or 'copy'}): {e}") from e
+            raise
+
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)

@@ -2,7 +2,7 @@
 
     policy = load_source_policy("runs/mt", revision=None)       # folder, Hub id, official .pt/.pt.xz, or None
     new, info = adapt_policy_to_task(policy, "reacher-easy", source_task="cartpole-balance")
-    trainer = make_finetune_trainer(load_run_config("recipes/configs/finetune.yaml", ["checkpoint=runs/mt"]))
+    trainer = make_finetune_trainer(load_finetune_config("recipes/configs/finetune.yaml", ["checkpoint=runs/mt"]))
     trainer.run()
 
 or `accelerate launch recipes/finetune.py --config recipes/configs/finetune.yaml checkpoint=... task=...`.
@@ -93,11 +93,7 @@ def resolve_task_init(task_init: str | None, source_task: str | None, known: boo
     return task_init
 
 #: config fields that change tensor shapes or module structure: a run override may not change them
-STRUCTURAL_FIELDS = frozenset({
-    "tasks", "obs_dims", "action_dims", "episode_lengths", "obs_dim", "action_dim", "task_set", "episodic",
-    "model_size", "num_enc_layers", "enc_dim", "mlp_dim", "latent_dim", "task_dim", "num_q", "dropout",
-    "simnorm_dim", "num_bins", "vmin", "vmax", "log_std_min", "log_std_max", "use_score_network", "time_embed_dim",
-})
+STRUCTURAL_FIELDS = MBDPOConfig.ARCHITECTURE_FIELDS
 
 #: config attributes where a checkpoint may name the dataset it was pretrained on (first found is used)
 PRETRAINING_DATASET_ATTRS = ("pretraining_dataset", "pretrain_dataset", "offline_dataset", "dataset")
@@ -211,30 +207,6 @@ def nearest_task(task: str, tasks: list[str], obs_dims: list[int], action_dims: 
     return None
 
 
-def _index_map(old: int, new: int, *, insert_at: int | None = None, shift: int | None = None) -> torch.Tensor:
-    """Positions of `old` entries in a dim of size `new`: identity (new slots at the end) or, with `insert_at`,
-    old entries from index `insert_at` on moved by `shift` (default new - old: all new slots inserted there)."""
-    idx = torch.arange(old)
-    if insert_at is not None:
-        idx = torch.where(idx >= insert_at, idx + (new - old if shift is None else shift), idx)
-    return idx
-
-
-def _place(old: torch.Tensor, new_shape: tuple[int, ...], maps: dict[int, torch.Tensor]) -> torch.Tensor:
-    """A zero tensor of `new_shape` with `old` scattered in (dim d through maps[d], other dims identity)."""
-    t = old.detach().clone()
-    for d, size in enumerate(new_shape):
-        if t.shape[d] == size and d not in maps:
-            continue
-        m = maps.get(d, torch.arange(t.shape[d]))
-        if m.numel() != t.shape[d] or (m.numel() and int(m.max()) >= size):
-            raise ValueError(f"cannot place a tensor of shape {tuple(old.shape)} into {new_shape} (dim {d})")
-        shape = list(t.shape)
-        shape[d] = size
-        t = torch.zeros(shape, dtype=t.dtype).index_copy_(d, m, t)
-    return t
-
-
 def _task_dims(task: str, obs_dim: int | None, action_dim: int | None, episode_length: int | None):
     if obs_dim is None or action_dim is None or episode_length is None:
         from .envs.tasks import task_spec
@@ -244,22 +216,6 @@ def _task_dims(task: str, obs_dim: int | None, action_dim: int | None, episode_l
         action_dim = spec.action_dim if action_dim is None else action_dim
         episode_length = spec.episode_length if episode_length is None else episode_length
     return int(obs_dim), int(action_dim), int(episode_length)
-
-
-def _config_with(config: MBDPOConfig, **changes: Any) -> MBDPOConfig:
-    d = config.to_dict()
-    for k in ("transformers_version", "architectures", "_name_or_path", "_commit_hash"):
-        d.pop(k, None)
-    d.update(changes)
-    try:
-        return MBDPOConfig.from_dict(d)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"invalid config for the adapted model ({', '.join(sorted(changes)) or 'copy'}): "
-                         f"{e}") from e
-    except Exception as e:  # noqa: BLE001 - huggingface_hub's strict-dataclass validation errors
-        if type(e).__name__.startswith("StrictDataclass"):
-            raise ValueError(f"invalid config for the adapted model: {e}") from e
-        raise
 
 
 def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: str | None = None,
@@ -281,30 +237,24 @@ def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: s
     o, a, ep_len = _task_dims(task, obs_dim, action_dim, episode_length)
     info: dict[str, Any] = dict(task=task, added=False, replaced=None, init=None, source_task=None,
                                 extended_obs=None, extended_action=None)
-    src_sd = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
     if task in cfg.tasks:  # keep its row (own) or re-initialise it (the paper's O2O: start from the source's row)
         i = cfg.tasks.index(task)
         if (cfg.obs_dims[i], cfg.action_dims[i]) != (o, a):
             raise ValueError(f"task {task!r} is in the checkpoint with (obs, action) dims "
                              f"({cfg.obs_dims[i]}, {cfg.action_dims[i]}) but the environment has ({o}, {a})")
-        new = MBDPODiffusionPolicy(_config_with(cfg))
-        if init != "own":
+        new = MBDPODiffusionPolicy(cfg.replace())
+        new.load_state_dict(state, strict=True)
+        if init == "own":
+            info.update(init="own", source_task=task)
+        else:
             if cfg.task_dim == 0:
                 raise ValueError(f"task_init={init} needs a task embedding, and this single-task checkpoint has "
                                  "none: use task_init=own")
-            emb = src_sd["world_model.task_embedding.weight"]
-            others = [t for t in cfg.tasks if t != task]
-            src = source_task if init == "source" else None
-            if init == "nearest":
-                j = [cfg.tasks.index(t) for t in others]
-                src = nearest_task(task, others, [cfg.obs_dims[k] for k in j], [cfg.action_dims[k] for k in j], o, a)
-            row = emb.mean(0) if src is None else emb[cfg.tasks.index(src)]
-            emb[i] = row.clone()
+            row, src = _initial_row(policy, task, init, source_task, o, a)
+            new.world_model.set_task_embedding(task, row)
             info.update(init=init if src is not None or init == "mean" else "mean", source_task=src)
-        else:
-            info.update(init="own", source_task=task)
-        new.load_state_dict(src_sd, strict=True)
         info["task_id"] = i
         return _finish(new, policy), info
 
@@ -314,93 +264,44 @@ def adapt_policy_to_task(policy: MBDPODiffusionPolicy, task: str, source_task: s
                 f"cannot fine-tune the single-task checkpoint ({cfg.tasks[0]}, padded obs {cfg.obs_dim} / action "
                 f"{cfg.action_dim}) on {task!r} (obs {o} / action {a}): its dims do not fit and a single-task model "
                 "has no task embedding to extend. Use a multi-task checkpoint.")
-        new_cfg = _config_with(cfg, tasks=[task], obs_dims=[o], action_dims=[a], episode_lengths=[ep_len],
-                               task_set=None)
-        new = MBDPODiffusionPolicy(new_cfg)
-        sd = dict(src_sd)
-        sd["world_model.action_masks"] = new.world_model.action_masks.detach().clone()
-        sd["world_model.discounts"] = new.world_model.discounts.detach().clone()
-        new.load_state_dict(sd, strict=True)
+        new = MBDPODiffusionPolicy(cfg.replace(tasks=[task], obs_dims=[o], action_dims=[a], episode_lengths=[ep_len],
+                                               task_set=None))
+        state["world_model.action_masks"] = new.world_model.action_masks.detach().clone()
+        state["world_model.discounts"] = new.world_model.discounts.detach().clone()
+        new.load_state_dict(state, strict=True)
         info.update(task_id=0, replaced=cfg.tasks[0])
         return _finish(new, policy), info
 
     if init == "own":
         raise ValueError(f"task_init=own: task {task!r} is not in the checkpoint (its tasks are {cfg.tasks}); use "
                          "task_init=source (with source_task=...), nearest or mean")
-    # multi-task checkpoint, new task: one more embedding row, possibly wider obs / action inputs
-    n, O, A, td, L = cfg.num_tasks, cfg.obs_dim, cfg.action_dim, cfg.task_dim, cfg.latent_dim
-    O2, A2 = max(O, o), max(A, a)
-    new_cfg = _config_with(cfg, tasks=cfg.tasks + [task], obs_dims=cfg.obs_dims + [o],
-                           action_dims=cfg.action_dims + [a], episode_lengths=cfg.episode_lengths + [ep_len],
-                           obs_dim=O2, action_dim=A2, task_set=None)
-    new = MBDPODiffusionPolicy(new_cfg)
-    new_sd = new.state_dict()
-    H = cfg.horizon
-    obs_in = _index_map(O + td, O2 + td, insert_at=O)   # [obs | emb]: zero columns at the end of the obs part
-    za_in = _index_map(L + td + A, L + td + A2)          # [z | emb | a]: zero columns at the end
-    pi_out = _index_map(2 * A, 2 * A2, insert_at=A, shift=A2 - A)  # [mean | log_std]: zero rows ending each half
-    seq = torch.arange(H * A)
-    seq_map = (seq // A) * A2 + seq % A                  # flattened (H, A) -> (H, A2)
-    score_in = torch.cat([torch.arange(L + td), L + td + seq_map,
-                          L + td + H * A2 + torch.arange(cfg.time_embed_dim)])
-    score_out = seq_map
-    last_pi = f"world_model.pi_head.{len(policy.world_model.pi_head) - 1}"
-    last_score = f"score_net.{len(policy.score_net) - 1}" if policy.score_net is not None else None
-    rules: dict[str, dict[int, torch.Tensor]] = {
-        "world_model.encoder.0.weight": {1: obs_in},
-        "world_model.dynamics.0.weight": {1: za_in},
-        "world_model.reward_head.0.weight": {1: za_in},
-        "energy.0.weight": {1: za_in},
-        "world_model.Qs.weight_0": {2: za_in},
-        "world_model.Qs.target_weight_0": {2: za_in},
-        f"{last_pi}.weight": {0: pi_out},
-        f"{last_pi}.bias": {0: pi_out},
-        "score_net.0.weight": {1: score_in},
-        f"{last_score}.weight": {0: score_out},
-        f"{last_score}.bias": {0: score_out},
-        "world_model.action_masks": {},
-        "world_model.discounts": {},
-    }
-    missing = sorted(set(new_sd) - set(src_sd))
-    unexpected = sorted(set(src_sd) - set(new_sd))
-    if missing or unexpected:
-        raise ValueError(f"cannot adapt the checkpoint: the rebuilt model's tensors do not match (missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}); its config and weights disagree")
-    out: dict[str, torch.Tensor] = {}
-    for key, target in new_sd.items():
-        old = src_sd[key]
-        if key == "world_model.task_embedding.weight":
-            emb = old.clone()
-            if init == "mean":
-                row, src = emb.mean(0), None
-            else:
-                src = source_task if init == "source" else nearest_task(task, cfg.tasks, cfg.obs_dims,
-                                                                        cfg.action_dims, o, a)
-                row = emb.mean(0) if src is None else emb[cfg.tasks.index(src)]
-            out[key] = torch.cat([emb, row.unsqueeze(0)])
-            info.update(init=init if src is not None or init == "mean" else "mean", source_task=src)
-            continue
-        if key in rules and (old.shape != target.shape or key in ("world_model.action_masks",
-                                                                   "world_model.discounts")):
-            if key == "world_model.action_masks":
-                t = _place(old, tuple(target.shape), {})
-                t[n] = (torch.arange(A2) < a).to(t.dtype)
-                out[key] = t
-            elif key == "world_model.discounts":
-                t = _place(old, tuple(target.shape), {})
-                t[n] = float(new_cfg.discounts[n])
-                out[key] = t
-            else:
-                out[key] = _place(old, tuple(target.shape), rules[key])
-            continue
-        if old.shape != target.shape:
-            raise ValueError(f"cannot extend {key} from {tuple(old.shape)} to {tuple(target.shape)}: this layer is "
-                             "not one the task/dim adaptation knows how to widen")
-        out[key] = old
-    new.load_state_dict(out, strict=True)
-    info.update(task_id=n, added=True, extended_obs=(O, O2) if O2 > O else None,
-                extended_action=(A, A2) if A2 > A else None)
+    # multi-task checkpoint, new task: one more embedding row (the model widens its inputs where the dims need it)
+    new = MBDPODiffusionPolicy(cfg.replace())
+    new.load_state_dict(state, strict=True)
+    row, src = _initial_row(policy, task, init, source_task, o, a)
+    O, A = cfg.obs_dim, cfg.action_dim
+    task_id = new.add_task(task, o, a, ep_len, embedding=row)
+    info.update(task_id=task_id, added=True, init=init if src is not None or init == "mean" else "mean",
+                source_task=src, extended_obs=(O, o) if o > O else None,
+                extended_action=(A, a) if a > A else None)
     return _finish(new, policy), info
+
+
+def _initial_row(policy: MBDPODiffusionPolicy, task: str, init: str, source_task: str | None, obs_dim: int,
+                 action_dim: int) -> tuple[torch.Tensor, str | None]:
+    """The embedding row `task` starts from under `init` (source / nearest / mean) and the task it was copied from
+    (None for the mean). `nearest` never picks `task` itself."""
+    cfg = policy.config
+    emb = policy.world_model.task_embedding.weight.detach()
+    if init == "source":
+        return emb[cfg.tasks.index(source_task)].clone(), source_task
+    if init == "nearest":
+        others = [i for i, t in enumerate(cfg.tasks) if t != task]
+        src = nearest_task(task, [cfg.tasks[i] for i in others], [cfg.obs_dims[i] for i in others],
+                           [cfg.action_dims[i] for i in others], obs_dim, action_dim)
+        if src is not None:
+            return emb[cfg.tasks.index(src)].clone(), src
+    return emb.mean(0), None
 
 
 def _finish(new: MBDPODiffusionPolicy, source: MBDPODiffusionPolicy) -> MBDPODiffusionPolicy:
@@ -425,7 +326,7 @@ def apply_model_overrides(policy: MBDPODiffusionPolicy, overrides: dict[str, Any
                                  f"{getattr(cfg, key)!r}): fine-tuning cannot change the architecture")
             continue
     if overrides:
-        fresh = _config_with(cfg, **{k: v for k, v in overrides.items() if k not in STRUCTURAL_FIELDS})
+        fresh = cfg.replace(**{k: v for k, v in overrides.items() if k not in STRUCTURAL_FIELDS})
         for key in overrides:
             if key not in STRUCTURAL_FIELDS:
                 setattr(cfg, key, getattr(fresh, key))  # validated by building `fresh`
@@ -513,9 +414,9 @@ def make_finetune_trainer(cfg, command: str | None = None):
     to the learner through the trainer. In offline-to-online mode the offline buffer comes from
     `cfg.offline_dataset`, or the pretraining dataset named in the checkpoint's config.
     """
-    if cfg.mode not in ("online", "offline-to-online"):
-        raise ValueError(f"fine-tuning needs mode=online or mode=offline-to-online, got {cfg.mode!r} "
-                         "(use recipes/train.py to train from scratch)")
+    if not getattr(cfg, "is_finetune", False):
+        raise TypeError(f"make_finetune_trainer needs a FinetuneConfig (load_finetune_config), got "
+                        f"{type(cfg).__name__}")
     policy, info = prepare_finetune_policy(cfg)
     offline = None
     if cfg.mode == "offline-to-online":

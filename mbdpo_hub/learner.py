@@ -21,13 +21,8 @@ PARAM_GROUPS = ("encoder", "dynamics", "reward", "termination", "qs", "task_embe
 
 
 def parameter_groups(policy: MBDPODiffusionPolicy) -> dict[str, list[nn.Parameter]]:
-    wm = policy.world_model
-    modules = {
-        "encoder": wm.encoder, "dynamics": wm.dynamics, "reward": wm.reward_head,
-        "termination": wm.termination_head, "qs": wm.Qs, "task_embedding": wm.task_embedding,
-        "energy": policy.energy, "score": policy.score_net, "pi": wm.pi_head,
-    }
-    return {k: (list(m.parameters()) if m is not None else []) for k, m in modules.items()}
+    """The policy's parameters by group (the model owns the layout: `MBDPODiffusionPolicy.parameter_groups`)."""
+    return policy.parameter_groups()
 
 
 class RunningScale(nn.Module):

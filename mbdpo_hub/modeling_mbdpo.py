@@ -172,6 +172,13 @@ class QEnsemble(nn.Module):
         return h.reshape(k, *lead, h.shape[-1])
 
     @torch.no_grad()
+    def widen_input(self, size: int, positions: torch.Tensor) -> None:
+        """More input columns for every member (and the Polyak target), old columns at `positions`, new ones zero."""
+        for name in ("weight_0", "target_weight_0"):
+            t = _spread(getattr(self, name), 2, size, positions)
+            setattr(self, name, nn.Parameter(t) if name == "weight_0" else t)
+
+    @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """Polyak average: target <- (1 - tau) target + tau online."""
         for name in self.param_names():
@@ -189,6 +196,34 @@ class PolicyOutput:
     log_prob: torch.Tensor
     entropy: torch.Tensor
     scaled_entropy: torch.Tensor
+
+
+def _spread(t: torch.Tensor, dim: int, size: int, positions: torch.Tensor) -> torch.Tensor:
+    """A zero tensor like `t` with `size` entries along `dim`, `t`'s entries placed at `positions`."""
+    shape = list(t.shape)
+    shape[dim] = size
+    return t.new_zeros(shape).index_copy_(dim, positions.to(t.device), t.detach())
+
+
+def _insert_at(old: int, new: int, at: int) -> torch.Tensor:
+    """Where `old` entries go when `new - old` zeros are inserted before index `at`."""
+    idx = torch.arange(old)
+    return torch.where(idx >= at, idx + (new - old), idx)
+
+
+def _widen_linear(layer: nn.Linear, *, inputs: tuple[int, torch.Tensor] | None = None,
+                  outputs: tuple[int, torch.Tensor] | None = None) -> None:
+    """Give `layer` more input columns / output rows in place: old weights at the given positions, zeros elsewhere
+    (so the layer's output on the old inputs is unchanged). inputs/outputs: (new size, positions of old entries)."""
+    w = layer.weight
+    if inputs is not None:
+        w = _spread(w, 1, *inputs)
+        layer.in_features = inputs[0]
+    if outputs is not None:
+        w = _spread(w, 0, *outputs)
+        layer.bias = nn.Parameter(_spread(layer.bias, 0, *outputs))
+        layer.out_features = outputs[0]
+    layer.weight = nn.Parameter(w)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -293,6 +328,69 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         self.register_buffer("action_masks", action_masks_from_config(config), persistent=True)
         self.register_buffer("discounts", torch.tensor(config.discounts), persistent=True)
         self.post_init()
+
+    # --- parameter layout (owned here: fine-tuning and the learner go through these) ---------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The world model's parameters by group (the names `freeze` and `lr_scales` use)."""
+        modules = {"encoder": self.encoder, "dynamics": self.dynamics, "reward": self.reward_head,
+                   "termination": self.termination_head, "qs": self.Qs, "task_embedding": self.task_embedding,
+                   "pi": self.pi_head}
+        return {k: (list(m.parameters()) if m is not None else []) for k, m in modules.items()}
+
+    @torch.no_grad()
+    def resize_inputs(self, obs_dim: int, action_dim: int) -> None:
+        """Widen the padded observation / action dims in place (never narrower). Each first layer gets zero columns
+        for the new entries (the encoder's at the end of its observation part, before the task embedding; the
+        [z, task, a] layers' at the end), the policy head zero rows at the end of its mean and log-std halves, and
+        the action masks zero columns; on the old tasks every output is unchanged."""
+        cfg = self.config
+        O, A, L, td = cfg.obs_dim, cfg.action_dim, cfg.latent_dim, cfg.task_dim
+        if obs_dim < O or action_dim < A:
+            raise ValueError(f"resize_inputs cannot shrink (obs {O} -> {obs_dim}, action {A} -> {action_dim})")
+        if obs_dim > O:  # encoder input [obs | emb]
+            _widen_linear(self.encoder[0], inputs=(obs_dim + td, _insert_at(O + td, obs_dim + td, O)))
+        if action_dim > A:  # [z | emb | a] inputs; policy output [mean | log_std]
+            za = (L + td + action_dim, torch.arange(L + td + A))
+            for layer in (self.dynamics[0], self.reward_head[0]):
+                _widen_linear(layer, inputs=za)
+            self.Qs.widen_input(*za)
+            halves = torch.arange(2 * A)
+            halves = torch.where(halves >= A, halves + action_dim - A, halves)  # new rows end each half
+            _widen_linear(self.pi_head[-1], outputs=(2 * action_dim, halves))
+            self.action_masks = _spread(self.action_masks, 1, action_dim, torch.arange(A))
+        self.config = cfg.replace(obs_dim=obs_dim, action_dim=action_dim)
+
+    @torch.no_grad()
+    def add_task(self, name: str, obs_dim: int, action_dim: int, episode_length: int,
+                 embedding: torch.Tensor | None = None) -> int:
+        """Append task `name` in place: a task-embedding row (`embedding`, default the mean of the rows), its action
+        mask row and discount; the padded dims are widened first when the task needs it. Returns its task id."""
+        cfg = self.config
+        if name in cfg.tasks:
+            raise ValueError(f"task {name!r} is already in the model (id {cfg.tasks.index(name)})")
+        if self.task_embedding is None:
+            raise ValueError("a single-task model has no task embedding to add a task to")
+        self.resize_inputs(max(cfg.obs_dim, obs_dim), max(cfg.action_dim, action_dim))
+        cfg, n = self.config, self.config.num_tasks
+        old = self.task_embedding.weight
+        row = old.mean(0) if embedding is None else embedding.to(old)
+        emb = nn.Embedding(n + 1, cfg.task_dim, max_norm=1).to(old.device)
+        emb.weight.copy_(torch.cat([old, row.reshape(1, -1)]))
+        self.task_embedding = emb
+        self.config = cfg.replace(tasks=cfg.tasks + [name], obs_dims=cfg.obs_dims + [int(obs_dim)],
+                                  action_dims=cfg.action_dims + [int(action_dim)],
+                                  episode_lengths=cfg.episode_lengths + [int(episode_length)], task_set=None)
+        mask = (torch.arange(self.config.action_dim, device=old.device) < action_dim).to(self.action_masks)
+        self.action_masks = torch.cat([self.action_masks, mask.unsqueeze(0)])
+        self.discounts = torch.cat([self.discounts, self.discounts.new_tensor([self.config.discounts[n]])])
+        return n
+
+    @torch.no_grad()
+    def set_task_embedding(self, task, row: torch.Tensor) -> None:
+        """Overwrite one task's embedding row."""
+        if self.task_embedding is None:
+            raise ValueError("a single-task model has no task embedding")
+        self.task_embedding.weight[self.config.task_id(task)] = row.to(self.task_embedding.weight)
 
     # --- task handling ---------------------------------------------------------------------------------------------
     def task_tensor(self, task, like: torch.Tensor) -> torch.Tensor | None:
@@ -452,6 +550,43 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
         self._prev_mean: torch.Tensor | None = None  # (num_envs, H, A) warm start
         self._has_prev: torch.Tensor | None = None  # (num_envs,) bool
         self.post_init()
+
+    # --- parameter layout ----------------------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group: the world model's groups plus `energy` and `score` (`pi` has its own optimiser)."""
+        groups = self.world_model.parameter_groups()
+        groups["energy"] = list(self.energy.parameters())
+        groups["score"] = list(self.score_net.parameters()) if self.score_net is not None else []
+        return groups
+
+    @torch.no_grad()
+    def resize_inputs(self, obs_dim: int, action_dim: int) -> None:
+        """Widen the padded dims in place (see `MBDPOWorldModel.resize_inputs`); the energy's [z, task, a] input
+        and the score network's action-sequence slots (input and output) get zeros too."""
+        cfg = self.config
+        A, H, Ltd = cfg.action_dim, cfg.horizon, cfg.latent_dim + cfg.task_dim
+        self.world_model.resize_inputs(obs_dim, action_dim)
+        if action_dim > A:
+            _widen_linear(self.energy[0], inputs=(Ltd + action_dim, torch.arange(Ltd + A)))
+            if self.score_net is not None:  # input [z | emb | x (H, A) | t-embedding], output x (H, A)
+                seq = torch.arange(H * A)
+                seq = (seq // A) * action_dim + seq % A
+                size_in = Ltd + H * action_dim + cfg.time_embed_dim
+                temb = Ltd + H * action_dim + torch.arange(cfg.time_embed_dim)
+                pos_in = torch.cat([torch.arange(Ltd), Ltd + seq, temb])
+                _widen_linear(self.score_net[0], inputs=(size_in, pos_in))
+                _widen_linear(self.score_net[-1], outputs=(H * action_dim, seq))
+        self.config = self.world_model.config
+        self._prev_mean = self._has_prev = self._planner = None
+
+    @torch.no_grad()
+    def add_task(self, name: str, obs_dim: int, action_dim: int, episode_length: int,
+                 embedding: torch.Tensor | None = None) -> int:
+        """Append a task in place (see `MBDPOWorldModel.add_task`); returns its task id."""
+        self.resize_inputs(max(self.config.obs_dim, obs_dim), max(self.config.action_dim, action_dim))
+        task_id = self.world_model.add_task(name, obs_dim, action_dim, episode_length, embedding)
+        self.config = self.world_model.config
+        return task_id
 
     # --- energy and score ----------------------------------------------------------------------------------------
     def energy_logits(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:

@@ -10,7 +10,7 @@ checkpoint: a local model folder, a Hub model id (revision = branch / tag / comm
 not know gets a new task-embedding row, chosen by task_init: source (source_task's row), nearest (default), mean, or
 own (a known task keeps its row; any other task_init re-initialises it);
 larger obs/action dims are handled by zero-extending the input layers. freeze=[encoder,...] and lr_scales={qs: 0.5}
-go to the learner; eval_old_tasks=[...] keeps measuring old tasks. Every RunConfig / MBDPOConfig field can be
+go to the learner; eval_old_tasks=[...] keeps measuring old tasks. Every FinetuneConfig / MBDPOConfig field can be
 given as key=value (architecture fields must match the checkpoint). Killed, the same command resumes.
 """
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mbdpo_hub.finetune import make_finetune_trainer
-from mbdpo_hub.training import load_run_config
+from mbdpo_hub.training import load_finetune_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune.yaml"
 
@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("overrides", nargs="*", help="key=value")
     args = parser.parse_args(argv)
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_finetune_config(args.config, args.overrides)
     argv = sys.argv[1:] if argv is None else list(argv)
     trainer = make_finetune_trainer(cfg, command=" ".join(["accelerate launch recipes/finetune.py"] + argv))
     trainer.run()

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mbdpo_hub.pretrain import OfflinePretrainer, load_pretrain_config
+from mbdpo_hub.training import OfflinePretrainer, load_pretrain_config
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from mbdpo_hub import MBDPOConfig, MBDPODiffusionPolicy
 from mbdpo_hub import finetune as ft
 from mbdpo_hub.finetune import adapt_policy_to_task, load_source_policy, make_finetune_trainer, nearest_task
-from mbdpo_hub.training import load_run_config
+from mbdpo_hub.training import load_finetune_config
 
 REPO = Path(__file__).resolve().parents[1]
 FT_YAML = REPO / "recipes" / "configs" / "finetune.yaml"
@@ -282,7 +282,7 @@ def _write_dataset(folder, task="reacher-easy", episodes=2, length=50, obs_dim=6
 
 def test_run_setup_errors(source_dir, tmp_path):
     def cfg(*extra):
-        return load_run_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy",
+        return load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy",
                                          f"output_dir={tmp_path / 'run'}", *RUN, *extra])
 
     with pytest.raises(ValueError, match=r"source_task 'walker-walk' is not in the checkpoint"):
@@ -295,7 +295,7 @@ def test_run_setup_errors(source_dir, tmp_path):
     wrong = _write_dataset(tmp_path / "wrong", obs_dim=7, action_dim=2)  # reacher-easy claimed with obs 7
     with pytest.raises(ValueError, match=r"reacher-easy' has \(obs, action\) dims \(7, 2\)"):
         make_finetune_trainer(cfg("mode=offline-to-online", f"offline_dataset={wrong}"))
-    with pytest.raises(ValueError, match="mode=online or mode=offline-to-online"):
+    with pytest.raises(ValueError, match="mode must be online or offline-to-online"):
         make_finetune_trainer(cfg("mode=scratch"))
     with pytest.raises(ValueError, match=r"eval_old_tasks \['walker-walk'\] are not in the checkpoint"):
         make_finetune_trainer(cfg("eval_old_tasks=[walker-walk]"))
@@ -325,7 +325,7 @@ def test_online_finetune_new_task_with_wider_dims(source_dir, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hashes = tree_hash(source_dir)
     out = tmp_path / "run"
-    cfg = load_run_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=online",
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=online",
                                     "source_task=cartpole-balance", "eval_old_tasks=[cartpole-balance]",
                                     "freeze=[encoder]", f"output_dir={out}", *RUN])
     trainer = make_finetune_trainer(cfg)
@@ -355,7 +355,7 @@ def test_offline_to_online_finetune(source_dir, tmp_path, monkeypatch):
     data = _write_dataset(tmp_path / "data", task="reacher-easy", episodes=2)
     hashes = tree_hash(source_dir)
     out = tmp_path / "run"
-    cfg = load_run_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=offline-to-online",
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=offline-to-online",
                                     f"offline_dataset={data}", "task_init=mean", f"output_dir={out}", *RUN])
     trainer = make_finetune_trainer(cfg)
     off = trainer.offline_buffer
@@ -377,7 +377,7 @@ def test_finetune_from_local_hub_by_revision(local_hub, source_dir, tmp_path):
     info = src.push_to_hub("org/ft-base", eval_results=EVAL, revision="v1", commit_message="v1")
     local_hub.new_cache()
     out = tmp_path / "run"
-    cfg = load_run_config(FT_YAML, ["checkpoint=org/ft-base", "revision=v1", "task=cartpole-swingup",
+    cfg = load_finetune_config(FT_YAML, ["checkpoint=org/ft-base", "revision=v1", "task=cartpole-swingup",
                                     "mode=online", f"output_dir={out}", *RUN])
     trainer = make_finetune_trainer(cfg)
     assert trainer.adapt_info["source_task"] == "cartpole-balance"  # nearest: same domain
@@ -398,7 +398,7 @@ def test_finetune_from_official_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "run"
-    cfg = load_run_config(FT_YAML, [f"checkpoint={src}", "task=cartpole-swingup", "mode=online",
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={src}", "task=cartpole-swingup", "mode=online",
                                     f"output_dir={out}", *RUN, "utd=0.2"])
     trainer = make_finetune_trainer(cfg)
     assert not trainer.adapt_info["added"]  # cartpole-swingup is an mt30 task: reused
@@ -443,7 +443,7 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
     """`mbdpo-hub demo` runs what `make demo` runs (recipes/configs/finetune.yaml, output runs/demo), in-process."""
     from mbdpo_hub import cli
 
-    assert load_run_config(None, cli.DEMO_CONFIG) == load_run_config(FT_YAML, ["output_dir=runs/demo"])
+    assert cli.DEMO_CONFIG.samefile(FT_YAML)  # one file: recipes/configs/finetune.yaml links to the package's
     out = tmp_path / "demo"
     assert cli.main(["demo", *RUN, f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out

@@ -35,7 +35,7 @@ def write_dataset(folder, tasks=TASKS, episodes=2, T=40, seed=0):
 
 
 def pretrain_cfg(dataset, out, *extra):
-    from mbdpo_hub.pretrain import load_pretrain_config
+    from mbdpo_hub.training import load_pretrain_config
 
     return load_pretrain_config(TINY_YAML, [f"dataset={dataset}", f"output_dir={out}", "steps=4",
                                             "checkpoint_freq=2", "log_freq=2", "episode_length=20", *extra])
@@ -45,7 +45,7 @@ def pretrain_cfg(dataset, out, *extra):
 # configs and bad input (fast)
 # ---------------------------------------------------------------------------------------------------------------------
 def test_pretrain_config_loading(tmp_path):
-    from mbdpo_hub.pretrain import load_pretrain_config
+    from mbdpo_hub.training import load_pretrain_config
 
     cfg = load_pretrain_config(TINY_YAML, ["dataset=x/y", "planner=mppi", "steps=7", "held_out_tasks=[a,b]"])
     assert cfg.steps == 7 and cfg.model["planner"] == "mppi" and cfg.held_out_tasks == ["a", "b"]
@@ -73,7 +73,7 @@ def test_collect_config_loading():
 
 
 def test_missing_local_dataset(tmp_path):
-    from mbdpo_hub.pretrain import OfflinePretrainer
+    from mbdpo_hub.training import OfflinePretrainer
 
     with pytest.raises(FileNotFoundError, match="no such local folder"):
         OfflinePretrainer(pretrain_cfg(tmp_path / "nope", tmp_path / "run")).setup()
@@ -84,7 +84,7 @@ def test_missing_local_dataset(tmp_path):
 
 def test_missing_hub_dataset_and_revision(local_hub, tmp_path):
     from mbdpo_hub.hub.publish import push_dataset_folder
-    from mbdpo_hub.pretrain import OfflinePretrainer
+    from mbdpo_hub.training import OfflinePretrainer
 
     with pytest.raises(ValueError, match="no local folder of that name, and no such dataset repo"):
         OfflinePretrainer(pretrain_cfg("org/missing-data", tmp_path / "run")).setup()
@@ -95,7 +95,7 @@ def test_missing_hub_dataset_and_revision(local_hub, tmp_path):
 
 def test_dataset_dims_must_match_model_config(tmp_path):
     from mbdpo_hub import MBDPOConfig
-    from mbdpo_hub.pretrain import OfflinePretrainer
+    from mbdpo_hub.training import OfflinePretrainer
 
     ds = write_dataset(tmp_path / "ds")  # padded (6, 2); cartpole-balance (5, 1), reacher-easy (6, 2)
     small = MBDPOConfig.from_preset(1, ["cartpole-balance", "reacher-easy"], obs_dims=[5, 5], action_dims=[1, 1],
@@ -171,7 +171,7 @@ def test_pretrain_push_and_pull_by_revision(local_hub, tmp_path):
     from mbdpo_hub import MBDPODiffusionPolicy
     from mbdpo_hub.hub.cards import validate_card
     from mbdpo_hub.hub.publish import push_dataset_folder
-    from mbdpo_hub.pretrain import OfflinePretrainer
+    from mbdpo_hub.training import OfflinePretrainer
 
     push_dataset_folder(write_dataset(tmp_path / "ds"), "org/pt-data", validate=False)
     out = tmp_path / "run"
@@ -206,7 +206,7 @@ def test_pretrain_push_and_pull_by_revision(local_hub, tmp_path):
 def test_pretrain_resume(tmp_path, monkeypatch):
     import csv
 
-    from mbdpo_hub.pretrain import OfflinePretrainer
+    from mbdpo_hub.training import OfflinePretrainer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ds = write_dataset(tmp_path / "ds")
@@ -244,6 +244,6 @@ def test_two_processes_one_consistent_checkpoint(tmp_path):
     res = json.loads((out / "eval_results.json").read_text())
     assert res["num_processes"] == 2 and set(res["results"]) == {"cartpole-balance", "reacher-easy"}
     from mbdpo_hub import MBDPODiffusionPolicy
-    from mbdpo_hub.pretrain import state_hash
+    from mbdpo_hub.training.offline import state_hash
 
     assert state_hash(MBDPODiffusionPolicy.from_pretrained(out)) == h0.strip()

@@ -31,11 +31,37 @@ def test_overrides_and_config_routing():
     ("horizon=150", "horizon=150 is not shorter"),
     ("warp_speed=9", "unknown config key"),
     ("freeze=[decoder]", "unknown parameter groups"),
-    ("mode=sideways", "mode must be"),
+    ("mode=online", "unknown config key 'mode'"),  # a fine-tuning field: recipes/finetune.py
+    ("steps=true", "steps=True is not an integer"),
+    ("steps=abc", "steps='abc' is not an integer"),
+    ("steps=1.5", "steps=1.5 is not an integer"),
+    ("seed=abc", "seed='abc' is not an integer"),
+    ("utd=abc", "utd='abc' is not a number"),
+    ("resume=maybe", "resume='maybe' is not a boolean"),
+    ("output_dir=", "output_dir is empty"),
+    ("task=0.7", "Unknown task"),
+    ("task=True", "task=True is not text"),
+    ("model=[1,2]", "model must be a mapping"),
+    ("num_samples=many", "num_samples='many' is not an integer"),
+    ("steps=[", "not valid YAML"),
 ])
 def test_bad_config_values(override, match):
     with pytest.raises(ValueError, match=match):
         load_run_config(TINY, [override])
+
+
+def test_config_values_are_normalised():
+    from mbdpo_hub.training import load_finetune_config
+
+    cfg = load_run_config(TINY, ["freeze=encoder", "steps=1e3"])
+    assert cfg.freeze == ["encoder"] and cfg.steps == 1000 and isinstance(cfg.steps, int)
+    ft = load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["lr=3e-5", "offline_ratio=1"])
+    assert ft.model["lr"] == 3e-5  # YAML 1.1 reads 3e-5 as a string; the field's type makes it a number
+    assert ft.offline_ratio == 1.0 and isinstance(ft.offline_ratio, float)
+    with pytest.raises(ValueError, match="mode must be online or offline-to-online"):
+        load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["mode=sideways"])
+    with pytest.raises(ValueError, match="task_init must be one of"):
+        load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["task_init=random"])
 
 
 def test_missing_config_file():

@@ -30,120 +30,35 @@ is tagged `hub_tag` (default `final`).
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import hashlib
 import json
 import math
-import os
-import re
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from .configuration_mbdpo import MBDPOConfig
-from .learner import MBDPOLearner
-from .modeling_mbdpo import MBDPODiffusionPolicy
-from .training import (MODEL_FIELDS, TRAIN_METRICS, atomic_write_text, evaluate, latest_checkpoint,
-                       load_dataclass_config, plot_learning_curve, read_checkpoint, set_seed, write_checkpoint)
-
-
-@dataclass
-class PretrainConfig:
-    """Everything about an offline pretraining run that is not the model (model fields go to `model`)."""
-
-    dataset: str | None = None  # local dataset folder or Hub dataset repo id
-    dataset_revision: str | None = None
-    tasks: list[str] | None = None  # subset of the dataset's tasks (default: every task with episodes)
-    model_size: int = 1
-    model_config: str | None = None  # a config.json (or a folder holding one) to use instead of the preset
-    steps: int = 100_000  # gradient updates
-    batch_size: int = 256  # global batch, split over processes
-    seed: int = 1
-    eval_freq: int = 10_000  # updates between evaluations (0: only at the end)
-    eval_episodes: int = 2  # per task (0: no evaluation)
-    eval_tasks: list[str] | None = None  # default: all the model's tasks
-    eval_planner: str | None = None  # default: the model's planner
-    episode_length: int | None = None  # evaluation episode length override (smoke tests)
-    checkpoint_freq: int = 5_000
-    keep_checkpoints: int = 2
-    log_freq: int = 100
-    output_dir: str = "runs/pretrain"
-    mixed_precision: str = "no"  # "no" | "bf16"
-    resume: bool = True
-    progress: bool = True
-    push_to_hub: bool = False
-    hub_repo_id: str | None = None
-    hub_tag: str | None = "final"
-    held_out_tasks: list[str] = field(default_factory=list)  # recorded in the model config and the card
-    notes: str | None = None
-    write_state_hash: bool = False  # every process writes state_hash_rank{i}.txt at the end (consistency tests)
-    model: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if not self.dataset:
-            raise ValueError("dataset= is required: a local dataset folder or a Hub dataset repo id (org/name)")
-        for name in ("steps", "batch_size", "keep_checkpoints", "log_freq"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_freq", "checkpoint_freq", "eval_episodes"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.mixed_precision is False:  # YAML reads a bare `no` as false
-            self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.push_to_hub and not self.hub_repo_id:
-            raise ValueError("push_to_hub=true needs hub_repo_id=org/name")
-        if self.episode_length is not None and int(self.episode_length) <= 0:
-            raise ValueError(f"episode_length must be positive, got {self.episode_length}")
-        for name in ("tasks", "eval_tasks", "held_out_tasks"):
-            v = getattr(self, name)
-            if isinstance(v, str):
-                setattr(self, name, [v])
-        if self.notes is not None and not isinstance(self.notes, str):
-            raise ValueError(f"notes must be text (a key=value override is parsed as YAML: avoid ': '), got "
-                             f"{type(self.notes).__name__}")
-        bad_model = set(self.model) - MODEL_FIELDS
-        if bad_model:
-            raise ValueError(f"unknown model fields {sorted(bad_model)}")
-
-
-def load_pretrain_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
-                         ) -> PretrainConfig:
-    """A PretrainConfig from a YAML file plus `key=value` overrides (MBDPOConfig fields go to `model`)."""
-    return load_dataclass_config(PretrainConfig, path, overrides, "pretrain")
-
-
-def dump_pretrain_config(cfg: PretrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+from ..configuration_mbdpo import MBDPOConfig
+from ..learner import MBDPOLearner
+from ..modeling_mbdpo import MBDPODiffusionPolicy
+from ..utils import atomic_write_text, is_hub_repo_id, set_seed
+from .config import PretrainConfig, dump_config
+from .evaluation import evaluate, plot_learning_curve
+from .run_folder import TRAIN_METRICS, RunFolder
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # dataset resolution
 # ---------------------------------------------------------------------------------------------------------------------
-_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def is_hub_dataset(dataset: str) -> bool:
-    """True when `dataset` names a Hub repo (org/name) rather than an existing local folder."""
-    if os.path.exists(dataset):
-        return False
-    return bool(_REPO_RE.match(dataset)) and not dataset.startswith((".", "/", "~"))
 
 
 def read_dataset_tasks(dataset: str, revision: str | None = None) -> dict:
     """`meta/tasks.json` of a local folder or Hub dataset, with clear errors for a missing path/repo/revision."""
-    from .data import read_tasks
+    from ..data import read_tasks
 
-    if not is_hub_dataset(dataset):
+    if not is_hub_repo_id(dataset):
         folder = Path(dataset).expanduser()
         if not folder.exists():
             raise FileNotFoundError(f"dataset {dataset!r}: no such local folder (and not a Hub repo id org/name)")
@@ -221,25 +136,20 @@ def hub_branch(step: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------------------------------
-class OfflinePretrainer:
-    def __init__(self, cfg: PretrainConfig, command: str | None = None):
-        self.cfg = cfg
-        self.command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
-        self.out = Path(cfg.output_dir)
-        self.ckpt_root = self.out / "checkpoints"
+class OfflinePretrainer(RunFolder):
+    """Multi-task offline pretraining from an episode dataset (see the module docstring)."""
+
+    config_file = "pretrain_config.yaml"
+    csv_files = ("train.csv", "eval.csv", "eval_score.csv")
 
     # --- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from accelerate import Accelerator
-
-        from .buffer import ReplayBuffer
-        from .data import fill_buffer, load_dataset_folder
+        from ..buffer import ReplayBuffer
+        from ..data import fill_buffer, load_dataset_folder
 
         cfg = self.cfg
         cfg.validate()
-        # bf16 is our own autocast around the update/evaluation (nothing goes through accelerator.prepare), so the
-        # Accelerator keeps its default precision: several runs can then share one process (tests, notebooks)
-        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
+        acc = self.init_accelerator()
         if cfg.batch_size % acc.num_processes:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by num_processes={acc.num_processes}")
         self.local_batch = cfg.batch_size // acc.num_processes
@@ -253,8 +163,8 @@ class OfflinePretrainer:
             if cfg.dataset_revision:
                 config.pretraining_dataset_revision = str(cfg.dataset_revision)
             try:
-                ds = load_dataset_folder(cfg.dataset if not is_hub_dataset(cfg.dataset) else cfg.dataset,
-                                         revision=cfg.dataset_revision if is_hub_dataset(cfg.dataset) else None)
+                ds = load_dataset_folder(cfg.dataset,
+                                         revision=cfg.dataset_revision if is_hub_repo_id(cfg.dataset) else None)
             except FileNotFoundError:
                 raise
             except Exception as e:  # noqa: BLE001
@@ -270,16 +180,14 @@ class OfflinePretrainer:
         self.elapsed = 0.0
         self.last_eval: dict | None = None
         self.last_eval_step = -1
-        ckpt = self.latest_checkpoint() if cfg.resume else None
-        if ckpt is not None:
-            self.load_checkpoint(ckpt)
-        self.ckpt_loaded = ckpt
+        self.metrics_acc: dict[str, list[float]] = {}
+        self.ckpt_loaded = self.resume()
         set_seed(cfg.seed + 1000 * acc.process_index + 7919 * self.step + 1)
-        from .data.format import read_info
+        from ..data.format import read_info
 
         try:
             frames = int(read_info(cfg.dataset, cfg.dataset_revision)["num_frames"]) \
-                if is_hub_dataset(cfg.dataset) else int(read_info(cfg.dataset)["num_frames"])
+                if is_hub_repo_id(cfg.dataset) else int(read_info(cfg.dataset)["num_frames"])
         except Exception:  # noqa: BLE001
             frames = len(ds)
         self.buffer = ReplayBuffer(max(frames + 1, 2), config.obs_dim, config.action_dim, config.horizon,
@@ -291,68 +199,18 @@ class OfflinePretrainer:
         self.eval_tasks = list(cfg.eval_tasks or config.tasks)
         for t in self.eval_tasks:
             config.task_id(t)
-        self.metrics_acc: dict[str, list[float]] = {}
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "pretrain_config.yaml", dump_pretrain_config(cfg))
-            if ckpt is not None:
-                self.truncate_csvs()
+        self.start_folder()
 
     # --- checkpoints -------------------------------------------------------------------------------------------
-    def latest_checkpoint(self) -> Path | None:
-        return latest_checkpoint(self.ckpt_root)
+    def checkpoint_state(self) -> dict:
+        return dict(step=self.step, elapsed=self.elapsed, last_eval=self.last_eval,
+                    last_eval_step=self.last_eval_step, num_processes=self.accelerator.num_processes)
 
-    def save_checkpoint(self) -> Path:
-        acc = self.accelerator
-        name = f"step_{self.step:09d}"
-        if acc.is_main_process:
-            state = dict(step=self.step, elapsed=self.elapsed, last_eval=self.last_eval,
-                         last_eval_step=self.last_eval_step, num_processes=acc.num_processes)
-            write_checkpoint(self.ckpt_root, name, self.policy, self.learner, state, self.cfg.keep_checkpoints)
-        acc.wait_for_everyone()
-        return self.ckpt_root / name
-
-    def load_checkpoint(self, path: Path) -> None:
-        state = read_checkpoint(path, self.policy, self.learner)
+    def restore_state(self, state: dict, path: Path) -> None:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.last_eval, self.last_eval_step = state.get("last_eval"), int(state.get("last_eval_step", -1))
-        self.accelerator.print(f"resumed from {path} (update {self.step})")
-
-    # --- logging -----------------------------------------------------------------------------------------------
-    def append_csv(self, name: str, rows: list[dict]) -> None:
-        if not self.accelerator.is_main_process or not rows:
-            return
-        path = self.out / name
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-
-    def truncate_csvs(self) -> None:
-        for name in ("train.csv", "eval.csv", "eval_score.csv"):
-            path = self.out / name
-            if not path.exists():
-                continue
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
-            if not rows:
-                continue
-            keep = [r for r in rows if int(float(r["step"])) <= self.step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(keep)
-            os.replace(tmp, path)
 
     # --- steps -------------------------------------------------------------------------------------------------
-    def autocast(self):
-        if self.cfg.mixed_precision == "bf16":
-            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def update(self) -> dict:
         dev = self.accelerator.device
         batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.buffer.sample().items()}
@@ -368,14 +226,14 @@ class OfflinePretrainer:
         """Evaluate every eval task (spread over processes); returns {results, normalized_score}."""
         from accelerate.utils import gather_object
 
-        from .envs import normalized_score, task_score
+        from ..envs import normalized_score, task_score
 
         cfg, acc = self.cfg, self.accelerator
         mine = self.eval_tasks[acc.process_index::acc.num_processes]
         local = []
         for task in mine:
             # bf16 autocast at evaluation only on accelerators (CPU bf16 kernels for these small ops are slower)
-            with (self.autocast() if acc.device.type != "cpu" else nullcontext()):
+            with (self.learner.autocast() if acc.device.type != "cpu" else nullcontext()):
                 r = evaluate(self.policy, task, cfg.eval_episodes, seed=cfg.seed + 777, planner=cfg.eval_planner,
                              episode_length=cfg.episode_length)
             local.append((task, dict(mean_return=r["mean_return"], std_return=r["std_return"],
@@ -412,7 +270,7 @@ class OfflinePretrainer:
 
     # --- cards / hub -------------------------------------------------------------------------------------------
     def build_card(self, revision: str | None = None):
-        from .hub.cards import build_model_card
+        from ..hub.cards import build_model_card
 
         cfg = self.cfg
         ev = self.last_eval or {}
@@ -436,9 +294,9 @@ class OfflinePretrainer:
             config_dict=self.config.to_dict(),
             eval_results=results or {t: dict(mean_return=0.0, std_return=0.0) for t in self.config.tasks},
             normalized_score=ev.get("normalized_score"),
-            datasets=cfg.dataset if is_hub_dataset(cfg.dataset) else None,
+            datasets=cfg.dataset if is_hub_repo_id(cfg.dataset) else None,
             command=self.command,
-            train_config_yaml=dump_pretrain_config(cfg),
+            train_config_yaml=dump_config(cfg),
             curve_path=curve.name if curve.exists() else None,
             notes="\n\n".join(lines) + ("" if results else "\n\n(no evaluation yet: returns shown as 0)"),
             revision=revision,
@@ -446,14 +304,15 @@ class OfflinePretrainer:
         )
 
     def push(self, branch: str | None, tag: str | None = None, message: str = "") -> None:
-        from .hub.publish import push_pretrained
+        files = [self.out / n for n in ("pretrain_config.yaml", "eval_results.json", "eval.csv", "train.csv",
+                                         "learning_curve.png")]
+        super().push(self.build_card(revision=tag), files, message or f"pretrain update {self.step}",
+                     revision=branch, tag=tag)
 
-        card = self.build_card(revision=tag)
-        extra = {p.name: str(p) for p in (self.out / "pretrain_config.yaml", self.out / "eval_results.json",
-                                          self.out / "eval.csv", self.out / "train.csv",
-                                          self.out / "learning_curve.png") if p.exists()}
-        push_pretrained(self.policy, self.cfg.hub_repo_id, card=card, extra_files=extra, revision=branch, tag=tag,
-                        commit_message=message or f"pretrain update {self.step}")
+    def plot_curve(self):
+        return plot_learning_curve(self.out / "eval_score.csv", self.out / "learning_curve.png",
+                                   title="mean normalised score over the tasks", xlabel="gradient updates",
+                                   ylabel="normalised score")
 
     def write_eval_results(self) -> None:
         ev = self.last_eval or {}
@@ -475,8 +334,7 @@ class OfflinePretrainer:
             good = all(math.isfinite(float(np.mean(v))) for v in self.metrics_last.values()) if getattr(
                 self, "metrics_last", None) else True
             self.write_eval_results()
-            plot_learning_curve(self.out / "eval_score.csv", self.out / "learning_curve.png",
-                                title="normalised score")
+            self.plot_curve()
             self.push(hub_branch(self.step), message=f"checkpoint at update {self.step}")
             if good:
                 self.push(None, message=f"main <- update {self.step}")
@@ -501,7 +359,8 @@ class OfflinePretrainer:
                 row = dict(step=self.step, elapsed_s=round(self.elapsed, 1))
                 row.update({k: (float(np.mean(self.metrics_acc[k])) if k in self.metrics_acc else "")
                             for k in TRAIN_METRICS})
-                self.append_csv("train.csv", [row])
+                self.append_csv("train.csv", row)
+                self.log({f"train/{k}": v for k, v in row.items() if isinstance(v, float)})
                 self.metrics_last, self.metrics_acc = self.metrics_acc, {}
             if bar is not None:
                 bar.update(1)
@@ -533,8 +392,7 @@ class OfflinePretrainer:
         if acc.is_main_process:
             self.policy.save_pretrained(self.out)
             self.write_eval_results()
-            plot_learning_curve(self.out / "eval_score.csv", self.out / "learning_curve.png",
-                                title="normalised score")
+            self.plot_curve()
             card = self.build_card(revision=cfg.hub_tag if cfg.push_to_hub else None)
             atomic_write_text(self.out / "README.md", str(card))
             if cfg.push_to_hub:
@@ -551,5 +409,5 @@ def pretrain(cfg: PretrainConfig, command: str | None = None) -> dict:
     return OfflinePretrainer(cfg, command=command).run()
 
 
-__all__ = ["PretrainConfig", "load_pretrain_config", "OfflinePretrainer", "pretrain", "build_model_config",
-           "read_dataset_tasks", "is_hub_dataset", "state_hash", "hub_branch"]
+
+__all__ = ["OfflinePretrainer", "pretrain", "build_model_config", "read_dataset_tasks", "state_hash", "hub_branch"]

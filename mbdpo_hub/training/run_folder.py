@@ -1,0 +1,144 @@
+"""`RunFolder`: what online training and offline pretraining share, the output folder and everything written to it.
+
+A run folder holds its config file (`train_config.yaml` / `pretrain_config.yaml`), CSV logs, `checkpoints/`
+(`write_checkpoint` folders + `latest`), and at the end the final model (`config.json` + `model.safetensors`),
+`eval_results.json`, `learning_curve.png` and a model card `README.md`. After a resume the CSV logs are cut back to
+the checkpoint's step, so they always match the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..utils import atomic_path, atomic_write_text
+from .checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from .config import dump_config
+
+#: columns of train.csv (a fixed set, so rows before the first update line up with later ones)
+TRAIN_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "termination_loss", "energy_loss",
+                 "energy_accuracy", "score_loss", "pi_loss", "pi_entropy", "pi_scale", "grad_norm")
+
+
+class RunFolder:
+    """Base of `OnlineTrainer` and `OfflinePretrainer`. Subclasses set `config_file`, `csv_files`, and provide
+    `self.policy`, `self.learner`, `self.step`, `checkpoint_state()` and `restore_state(state)`."""
+
+    config_file = "train_config.yaml"
+    csv_files: tuple[str, ...] = ("train.csv", "eval.csv")
+
+    def __init__(self, cfg, command: str | None = None):
+        self.cfg = cfg
+        self.command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+    # --- set-up ----------------------------------------------------------------------------------------------------
+    def init_accelerator(self):
+        """The Accelerator (CPU unless CUDA is there) with the run's tracker. bf16 is the learner's own autocast
+        (nothing goes through accelerator.prepare), so several runs can share one process (tests, notebooks)."""
+        from accelerate import Accelerator
+
+        log_with = getattr(self.cfg, "log_with", None)
+        log_with = log_with if log_with not in (None, "none", "") else None
+        if log_with == "tensorboard":
+            try:
+                import tensorboard  # noqa: F401  (accelerate's tracker needs it)
+            except ImportError:
+                log_with = None
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with,
+                                       project_dir=str(self.out))
+        self.log_with = log_with
+        return self.accelerator
+
+    def start_folder(self) -> None:
+        """Create the folder, write the config file and start the trackers (main process)."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / self.config_file, dump_config(self.cfg))
+        if self.log_with is not None:
+            acc.init_trackers("mbdpo", config={k: v for k, v in dataclasses.asdict(self.cfg).items()
+                                               if isinstance(v, (int, float, str, bool))})
+
+    # --- logs --------------------------------------------------------------------------------------------------------
+    def append_csv(self, name: str, rows: dict | list[dict]) -> None:
+        rows = [rows] if isinstance(rows, dict) else rows
+        if not self.accelerator.is_main_process or not rows:
+            return
+        path = self.out / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+    def truncate_csvs(self) -> None:
+        """After a resume, drop rows logged after the checkpoint (they will be produced again)."""
+        if not self.accelerator.is_main_process:
+            return
+        for name in self.csv_files:
+            path = self.out / name
+            if not path.exists():
+                continue
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            if not rows:
+                continue
+            keep = [r for r in rows if int(float(r["step"])) <= self.step]
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(keep)
+
+    def log(self, values: dict) -> None:
+        if self.accelerator.trackers:
+            self.accelerator.log(values, step=self.step)
+
+    # --- checkpoints -------------------------------------------------------------------------------------------------
+    def save_checkpoint(self, extra=None) -> Path:
+        acc = self.accelerator
+        name = f"step_{self.step:09d}"
+        if acc.is_main_process:
+            write_checkpoint(self.ckpt_root, name, self.policy, self.learner, self.checkpoint_state(),
+                             self.cfg.keep_checkpoints, extra=extra)
+        acc.wait_for_everyone()
+        return self.ckpt_root / name
+
+    def resume(self) -> Path | None:
+        """Load the latest checkpoint (when `cfg.resume`) and cut the logs back to it; returns its path or None."""
+        ckpt = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
+        if ckpt is not None:
+            self.restore_state(read_checkpoint(ckpt, self.policy, self.learner), ckpt)
+            self.truncate_csvs()
+            self.accelerator.print(f"resumed from {ckpt} (step {self.step})")
+        return ckpt
+
+    def checkpoint_state(self) -> dict:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def restore_state(self, state: dict, path: Path) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    # --- final outputs -----------------------------------------------------------------------------------------------
+    def write_final(self, eval_payload: dict, card) -> None:
+        """The final model, eval_results.json and the card README.md (main process)."""
+        self.policy.save_pretrained(self.out)
+        atomic_write_text(self.out / "eval_results.json", json.dumps(eval_payload, indent=2))
+        atomic_write_text(self.out / "README.md", str(card))
+
+    def push(self, card, files: list, message: str, **kw) -> None:
+        from ..hub.publish import push_pretrained
+
+        extra = {Path(p).name: str(p) for p in files if p is not None and Path(p).exists()}
+        push_pretrained(self.policy, self.cfg.hub_repo_id, card=card, extra_files=extra, commit_message=message,
+                        **kw)
+
+
+__all__ = ["RunFolder", "TRAIN_METRICS"]

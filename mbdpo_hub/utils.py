@@ -1,0 +1,82 @@
+"""Small helpers shared across the package: atomic file writes, seeding and RNG state, Hub repo ids, padding."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+#: a Hub repo id `org/name` (what huggingface_hub accepts; local paths never start with a letter followed by `/x`
+#: alone, and `is_hub_repo_id` checks that no local path of that name exists)
+HUB_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_hub_repo_id(name: str | os.PathLike, *, local_first: bool = True) -> bool:
+    """True when `name` has the form `org/name` (and, with `local_first`, no local file or folder has that name)."""
+    name = str(name)
+    if local_first and os.path.exists(name):
+        return False
+    return bool(HUB_REPO_ID_RE.match(name)) and not name.startswith((".", "/", "~"))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` atomically (os.replace),
+    otherwise it is removed and `path` is left as it was. The temporary name keeps the suffix (writers that pick a
+    format from it, like imageio, still work)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (readers see the old or the new file, never a partial one)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python / NumPy / torch RNG states as JSON-serialisable lists (checkpoints)."""
+    np_state = np.random.get_state()
+    return dict(python=random.getstate()[1], python_pos=random.getstate()[2],
+                numpy=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                torch=torch.get_rng_state().tolist())
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
+    """Zero-pad the last axis to `dim` (multi-task models read padded observations / emit padded actions)."""
+    if x.shape[-1] == dim:
+        return x
+    if x.shape[-1] > dim:
+        raise ValueError(f"cannot pad an array of dim {x.shape[-1]} to the smaller {dim}")
+    return np.concatenate([x, np.zeros((*x.shape[:-1], dim - x.shape[-1]), dtype=x.dtype)], axis=-1)
+
+
+__all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "set_seed", "rng_state",
+           "set_rng_state", "pad_to"]
