@@ -37,8 +37,7 @@ Persistence
     ``os.replace`` (atomic), plus a human-readable JSON sidecar.  ``load(path)`` restores into an existing
     buffer (the obs/action dims must match; capacity may differ: the newest episodes that fit are kept).
 
-``EpisodeRecorder`` builds episodes in this layout in the online loop (single env, or ``num_envs`` synchronous
-envs with per-env termination).  ``MixedSampler`` / ``sample_mixed`` concatenate batches from several buffers
+``mbdpo_hub.recorder.EpisodeRecorder`` builds episodes in this layout in the online loop.  ``sample_mixed`` concatenates batches from several buffers
 (e.g. offline + online data for offline-to-online fine-tuning).
 """
 
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,7 +52,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["ReplayBuffer", "MixedSampler", "sample_mixed", "EpisodeRecorder"]
+from .utils import atomic_path, atomic_write_text
+
 
 _FORMAT = "mbdpo_hub.replay_buffer"
 _FORMAT_VERSION = 1
@@ -429,8 +428,9 @@ class ReplayBuffer:
                   "num_episodes": self.num_episodes, "num_steps": self.num_steps, "num_entries": self.num_entries}
         tensors = {k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}
         tensors["terminated"] = tensors["terminated"].to(torch.uint8)
-        _atomic_write(st_path, lambda tmp: save_file(tensors, str(tmp), metadata={"header": json.dumps(header)}))
-        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=1)))
+        with atomic_path(st_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"header": json.dumps(header)})
+        atomic_write_text(json_path, json.dumps(header, indent=1))
         return st_path
 
     @staticmethod
@@ -474,23 +474,6 @@ class ReplayBuffer:
         return buf.load(path)
 
 
-def _atomic_write(dst: Path, write_fn) -> None:
-    dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent))
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # ---------------------------------------------------------------------- mixing
 def _split_batch(batch_size: int, ratios: Sequence[float]) -> list[int]:
     r = np.asarray(ratios, dtype=np.float64)
@@ -529,132 +512,4 @@ def sample_mixed(buffers: Sequence[ReplayBuffer], ratios: Sequence[float], batch
     return out
 
 
-class MixedSampler:
-    """Samples one batch mixing several buffers: ``MixedSampler([offline, online], [0.5, 0.5]).sample()``.
-
-    ``batch_size`` defaults to the first buffer's.  Ratios can be changed on the fly (``set_ratios``) for
-    offline-to-online schedules.
-    """
-
-    def __init__(self, buffers: Sequence[ReplayBuffer], ratios: Sequence[float], batch_size: int | None = None):
-        if len(buffers) != len(ratios) or not buffers:
-            raise ValueError("buffers and ratios must be non-empty and of the same length")
-        self.buffers = list(buffers)
-        self.set_ratios(ratios)
-        self.batch_size = int(batch_size if batch_size is not None else buffers[0].batch_size)
-
-    def set_ratios(self, ratios: Sequence[float]) -> None:
-        _split_batch(1, ratios)  # validation
-        if len(ratios) != len(self.buffers):
-            raise ValueError("one ratio per buffer is required")
-        self.ratios = [float(r) for r in ratios]
-
-    def sample(self, batch_size: int | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        return sample_mixed(self.buffers, self.ratios, self.batch_size if batch_size is None else batch_size, generator)
-
-
-# ---------------------------------------------------------------------- recorder
-class EpisodeRecorder:
-    """Builds episodes in the buffer layout in an online loop.
-
-    Single env (``num_envs=None``)::
-
-        rec = EpisodeRecorder(obs_dim, action_dim)
-        rec.start(obs0)                          # obs0 (O,)
-        rec.add(action, reward, next_obs, terminated)
-        ep = rec.finish()                        # {'obs' (T+1,O), 'action' (T+1,A), 'reward' (T+1,),
-        buffer.add_episode(**ep, task=k)         #  'terminated' (T+1,)}  numpy float32
-
-    ``num_envs=N`` (synchronous vectorised envs started together): ``start(obs (N,O))``,
-    ``add(action (N,A), reward (N,), next_obs (N,O), terminated (N,))``.  After an env reports
-    ``terminated`` its later steps are ignored (it is done).  ``finish()`` returns the same keys with a
-    leading env dim ``(N, T+1, ...)`` (rows after an env's end are zero) plus ``lengths (N,)`` (entries per
-    env); ``finish_episodes()`` returns the list of per-env dicts trimmed to their own lengths, each usable
-    as ``buffer.add_episode(**ep)``.  Entry 0 of action/reward is 0 (the layout's filler).
-    """
-
-    def __init__(self, obs_dim: int, action_dim: int, num_envs: int | None = None) -> None:
-        self.obs_dim = int(obs_dim)
-        self.action_dim = int(action_dim)
-        self.num_envs = num_envs
-        self._n = 1 if num_envs is None else int(num_envs)
-        self._obs: list[np.ndarray] | None = None
-        self._done = np.zeros(self._n, bool)
-
-    @staticmethod
-    def _np(x, dtype=np.float32) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        return np.asarray(x, dtype=dtype)
-
-    def _shape(self, x, tail: tuple[int, ...], name: str) -> np.ndarray:
-        a = self._np(x)
-        want = tail if self.num_envs is None else (self._n, *tail)
-        if a.shape != want:
-            if a.size == int(np.prod(want)) and name in ("reward", "terminated"):
-                a = a.reshape(want)
-            else:
-                raise ValueError(f"EpisodeRecorder: {name} must have shape {want}, got {a.shape}")
-        return a.reshape(self._n, *tail)
-
-    @property
-    def started(self) -> bool:
-        return self._obs is not None
-
-    @property
-    def num_steps(self) -> int:
-        return 0 if self._obs is None else len(self._obs) - 1
-
-    @property
-    def done(self) -> np.ndarray:
-        """Per-env done flags (terminated so far)."""
-        return self._done.copy()
-
-    def start(self, obs) -> None:
-        o = self._shape(obs, (self.obs_dim,), "obs")
-        self._obs = [o.copy()]
-        self._action = [np.zeros((self._n, self.action_dim), np.float32)]
-        self._reward = [np.zeros(self._n, np.float32)]
-        self._term = [np.zeros(self._n, bool)]
-        self._done = np.zeros(self._n, bool)
-        self._lengths = np.ones(self._n, np.int64)
-
-    def add(self, action, reward, next_obs, terminated=False) -> None:
-        if self._obs is None:
-            raise RuntimeError("EpisodeRecorder.add called before start(obs)")
-        a = self._shape(action, (self.action_dim,), "action")
-        r = self._shape(reward, (), "reward").reshape(self._n)
-        o = self._shape(next_obs, (self.obs_dim,), "next_obs")
-        term = np.broadcast_to(self._np(terminated, np.float32).reshape(-1), (self._n,)) > 0.5
-        alive = ~self._done
-        self._obs.append(np.where(alive[:, None], o, 0.0).astype(np.float32))
-        self._action.append(np.where(alive[:, None], a, 0.0).astype(np.float32))
-        self._reward.append(np.where(alive, r, 0.0).astype(np.float32))
-        self._term.append(alive & term)
-        self._lengths += alive
-        self._done |= term
-
-    def finish(self) -> dict[str, np.ndarray]:
-        """Return the episode arrays (see the class docstring) and reset the recorder."""
-        if self._obs is None:
-            raise RuntimeError("EpisodeRecorder.finish called before start(obs)")
-        out = {
-            "obs": np.stack(self._obs, 1),
-            "action": np.stack(self._action, 1),
-            "reward": np.stack(self._reward, 1),
-            "terminated": np.stack(self._term, 1),
-        }
-        lengths = self._lengths.copy()
-        self._obs = None
-        if self.num_envs is None:
-            return {k: v[0] for k, v in out.items()}
-        out["lengths"] = lengths
-        return out
-
-    def finish_episodes(self) -> list[dict[str, np.ndarray]]:
-        """Per-env episode dicts trimmed to each env's length (resets the recorder)."""
-        if self.num_envs is None:
-            return [self.finish()]
-        out = self.finish()
-        lengths = out.pop("lengths")
-        return [{k: v[i, :lengths[i]] for k, v in out.items()} for i in range(self._n)]
+__all__ = ["ReplayBuffer", "sample_mixed"]

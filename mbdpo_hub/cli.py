@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 # The main job, as `make demo` runs it. The file ships in the package (recipes/configs/finetune.yaml links to it), so
@@ -45,14 +46,10 @@ def cmd_train(args) -> int:
 
 
 def load_policy(checkpoint: str, revision: str | None = None):
-    from .modeling_mbdpo import MBDPODiffusionPolicy
+    """The one checkpoint resolver (folder | Hub id | official .pt/.pt.xz), shared with fine-tuning."""
+    from .finetune import load_source_policy
 
-    path = Path(checkpoint)
-    if path.suffix in (".pt", ".xz") and path.is_file():
-        from .convert import convert_official_checkpoint
-
-        return convert_official_checkpoint(path)
-    return MBDPODiffusionPolicy.from_pretrained(checkpoint, revision=revision)
+    return load_source_policy(checkpoint, revision)
 
 
 def cmd_evaluate(args) -> int:
@@ -79,7 +76,7 @@ def cmd_evaluate(args) -> int:
     tmp.replace(out)
     print(f"wrote {out}")
     if args.update_card:
-        from .hub.cards import update_model_index
+        from .hub.card_update import update_model_index
 
         update_model_index(args.update_card, {t: dict(mean_return=r["mean_return"], std_return=r["std_return"],
                                                       episodes=r["episodes"]) for t, r in rows.items()})
@@ -87,16 +84,64 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
-    from .convert import convert_main
-
-    return convert_main(args.rest) or 0
 
 
-def cmd_convert_dataset(args) -> int:
-    from .data import convert_dataset_main
+def _parse_tasks(value: str | None):
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("mt30", "mt80"):
+        return value
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks is empty")
+    return names
 
-    return convert_dataset_main(args.rest) or 0
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the `convert` arguments to a parser (for wiring into the `mbdpo-hub` CLI)."""
+    parser.add_argument("src", help="official TD-MPC2 / MBDPO checkpoint (.pt or .pt.xz)")
+    parser.add_argument("dst", help="output folder (save_pretrained layout: config.json + model.safetensors)")
+    parser.add_argument("--tasks", default=None,
+                        help="task set (mt30, mt80) or comma-separated task names in task-id order; needed for "
+                             "single-task checkpoints (e.g. --tasks walker-walk)")
+    parser.add_argument("--keep-score-network", action="store_true",
+                        help="keep MBDPO's _score network (dropped by default: upstream saves it even untrained)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty dst")
+    return parser
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run a parsed `convert` command; returns the exit code (0 ok, 1 error)."""
+    try:
+        tasks = _parse_tasks(args.tasks)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from .convert import convert_official_checkpoint
+
+            model = convert_official_checkpoint(args.src, args.dst, tasks=tasks,
+                                                keep_score_network=args.keep_score_network,
+                                                overwrite=args.overwrite)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        print(f"mbdpo-hub convert: error: {e}", file=sys.stderr)
+        return 1
+    cfg = model.config
+    print(model.conversion_report.summary())
+    shown = cfg.tasks if cfg.num_tasks <= 3 else f"{cfg.num_tasks} ({cfg.task_set or 'custom list'})"
+    print(f"tasks: {shown}, "
+          f"model_size={cfg.model_size}, params={model.num_parameters():,}")
+    print(f"saved to {args.dst}")
+    return 0
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """``mbdpo-hub convert SRC DST [--tasks mt30|name,...] [--keep-score-network] [--overwrite]``."""
+    parser = add_convert_arguments(argparse.ArgumentParser(
+        prog="mbdpo-hub convert",
+        description="Convert an official TD-MPC2 / MBDPO checkpoint into a Hugging Face (save_pretrained) folder."))
+    return run_convert(parser.parse_args(argv))
 
 
 def cmd_card(args) -> int:
@@ -156,11 +201,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="eval_results.json")
     p.add_argument("--update-card", default=None, help="a README.md whose model-index gets these results")
     p.set_defaults(fn=cmd_evaluate)
-    for name, fn, help_ in (("convert", cmd_convert, "official TD-MPC2/MBDPO .pt -> our format"),
-                            ("convert-dataset", cmd_convert_dataset, "TD-MPC2 .pt data chunks -> parquet")):
-        p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(fn=fn)
+    # convert / convert-dataset have their own full parsers (options anywhere, their own --help): routed first
+    sub.add_parser("convert", help="official TD-MPC2/MBDPO .pt -> our format (see mbdpo-hub convert --help)")
+    sub.add_parser("convert-dataset", help="TD-MPC2 .pt data chunks -> parquet (see mbdpo-hub convert-dataset --help)")
     p = sub.add_parser("card", help="(re)write a run folder's model card")
     p.add_argument("run_dir")
     p.add_argument("--repo-id", default=None)
@@ -171,6 +214,13 @@ def main(argv=None) -> int:
     p.add_argument("--revision", default=None)
     p.add_argument("--tag", default=None)
     p.set_defaults(fn=cmd_push)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "convert":
+        return convert_main(argv[1:])
+    if argv and argv[0] == "convert-dataset":
+        from .data import convert_dataset_main
+
+        return convert_dataset_main(argv[1:]) or 0
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -112,10 +112,10 @@ def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict
 def done_tasks(dataset_dir: str | os.PathLike) -> set[str]:
     """Tasks with at least one episode in the dataset (empty if the dataset does not exist yet)."""
     from .data import read_tasks
-    from .data.format import _recover
+    from .utils import recover_folder
 
     folder = Path(dataset_dir)
-    _recover(folder)
+    recover_folder(folder)
     if not (folder / "meta" / "tasks.json").is_file():
         return set()
     return {t["name"] for t in read_tasks(folder)["tasks"] if int(t.get("num_episodes", 0)) > 0}
@@ -187,7 +187,7 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
         del trainer
     if cfg.push_to_hub:
         from .data import read_info, read_tasks
-        from .hub.cards import build_dataset_card
+        from .hub.dataset_card import build_dataset_card
         from .hub.publish import push_dataset_folder
 
         info = read_info(cfg.dataset_dir)

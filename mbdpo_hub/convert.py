@@ -20,10 +20,10 @@ What is handled
 * Every tensor of the source is mapped (or deliberately dropped and reported), every tensor of our model is filled,
   except the MBDPO energy network F when the source is TD-MPC2 (F then starts with a zero last layer, so its logits,
   hence the planner's shaping bonus, are exactly 0, which is how MBDPO itself loads TD-MPC2 checkpoints) and the
-  energy normalisation statistics (never saved upstream, reference notes §10 item 3: they start at 0 / 1).
+  energy normalisation statistics (never saved by the official code: they start at 0 / 1).
 * The official MBDPO checkpoint always holds a score network ``_score``, even when it was never trained (the default
   ``use_score_network=false`` trains nothing into it; upstream's ``evaluate.py`` nevertheless switches to score-only
-  inference whenever the keys exist: reference notes §10 item 4, "upstream bug #4"). We therefore DROP it by default
+  inference whenever the keys exist, an upstream bug). We therefore DROP it by default
   and keep it only on request (``keep_score_network=True``, CLI ``--keep-score-network``) for checkpoints whose
   score network you know was trained.
 * Provenance is recorded in ``config.converted_from`` (file name, sha256, format, layout, what was initialised or
@@ -32,18 +32,11 @@ What is handled
 
 from __future__ import annotations
 
-import argparse
 import copy
-import hashlib
-import io
 import logging
-import lzma
 import os
-import re
 import shutil
-import sys
 import tempfile
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -53,6 +46,9 @@ from typing import Any
 import torch
 
 from .configuration_mbdpo import MODEL_SIZES, MBDPOConfig
+from .official_format import (OfficialCheckpointError, _load, _sha256, canonicalize_official_state_dict,
+                              load_official_state_dict, official_to_ours_key)
+from .utils import swap_folder
 
 logger = logging.getLogger(__name__)
 
@@ -64,32 +60,9 @@ __all__ = [
     "infer_config",
     "convert_official_checkpoint",
     "official_to_ours_key",
-    "add_convert_arguments",
-    "run_convert",
-    "convert_main",
 ]
 
-XZ_MAGIC = b"\xfd7zXZ\x00"
 PLACEHOLDER_TASK = "unknown-task"
-_Q_FIELDS = ("weight", "bias", "ln.weight", "ln.bias")
-_OLD_Q_KEY = re.compile(r"^_(target_)?Qs\.params\.(\d+)$")
-_META_Q_KEY = re.compile(r"^_(detach_|target_)?Qs\.module\.")
-# prefixes of every official module/buffer we know; a file with none of them is not a TD-MPC2/MBDPO checkpoint
-_KNOWN_PREFIXES = ("_encoder.", "_dynamics.", "_reward.", "_termination.", "_pi.", "_Qs.", "_target_Qs",
-                   "_detach_Qs", "_task_emb.", "_action_masks", "log_std_min", "log_std_dif", "_F.", "_score.")
-_MODULE_MAP = {  # official prefix -> our prefix (Sequential indices are the same on both sides)
-    "_encoder.state.": "world_model.encoder.",
-    "_dynamics.": "world_model.dynamics.",
-    "_reward.": "world_model.reward_head.",
-    "_termination.": "world_model.termination_head.",
-    "_pi.": "world_model.pi_head.",
-    "_F.": "energy.",
-    "_score.": "score_net.",
-}
-
-
-class OfficialCheckpointError(ValueError):
-    """The file cannot be read as an official TD-MPC2 / MBDPO checkpoint, or it does not fit the model."""
 
 
 @dataclass
@@ -130,160 +103,6 @@ def _group(items: dict[str, str]) -> dict[str, str]:
             head = key.split(".", 1)[0] + ".*"
         out.setdefault(head, why)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _is_xz(path: Path) -> bool:
-    if path.name.endswith(".xz"):
-        return True
-    with open(path, "rb") as f:
-        return f.read(len(XZ_MAGIC)) == XZ_MAGIC
-
-
-def _open(path: Path) -> tuple[Any, str | None]:
-    """A source for torch.load (the path itself, or the decompressed bytes of an xz file) and, for xz files, the
-    sha256 of the decompressed bytes."""
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file (.pt or .pt.xz).")
-    if not _is_xz(path):
-        return path, None
-    try:
-        with lzma.open(path, "rb") as f:
-            data = f.read()
-    except (lzma.LZMAError, EOFError, OSError) as e:
-        raise OfficialCheckpointError(
-            f"Cannot decompress {path}: the xz file is corrupt or truncated ({type(e).__name__}: {e}).") from e
-    return io.BytesIO(data), hashlib.sha256(data).hexdigest()
-
-
-def _load(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    source, decompressed_sha = _open(path)
-    try:
-        obj = torch.load(source, weights_only=True, map_location="cpu")
-    except Exception as e:  # zip errors, unpickling errors, forbidden globals, EOF ...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OfficialCheckpointError(
-            f"Cannot read {path} as a PyTorch checkpoint with weights_only=True: the file is corrupt, truncated, "
-            f"not a torch.save file, or holds non-tensor objects ({type(e).__name__}: {msg}).") from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise OfficialCheckpointError(
-            f"{path} holds a {type(obj).__name__}, not a state dict: it is not a TD-MPC2 / MBDPO checkpoint.")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            continue  # tensordict metadata: torch.Size batch sizes, None devices
-        if value.device.type == "meta" or _META_Q_KEY.match(key):
-            continue
-        out[key] = value
-    if not any(k.startswith(_KNOWN_PREFIXES) for k in out) or not any(k.startswith("_encoder.") for k in out):
-        shown = sorted(map(str, obj.keys()))[:8]
-        raise OfficialCheckpointError(
-            f"{path} is not a TD-MPC2 / MBDPO checkpoint: no recognisable keys (expected '_encoder.state.*', "
-            f"'_dynamics.*', '_Qs.params.*', ...; found {shown}{' ...' if len(obj) > 8 else ''}).")
-    return out, decompressed_sha
-
-
-def load_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an official TD-MPC2 / MBDPO checkpoint (``.pt``, or xz-compressed) into a flat dict of CPU tensors.
-
-    Uses ``torch.load(weights_only=True, map_location="cpu")`` only. Unwraps ``{"model": ...}``, drops non-tensor
-    entries (tensordict's ``__batch_size`` / ``__device``) and meta-device entries (newer tensordict's
-    ``*Qs.module.*``). Key names are kept as in the file (see `canonicalize_official_state_dict`).
-
-    Raises FileNotFoundError for a missing file and `OfficialCheckpointError` (a ValueError) naming the file for a
-    corrupt / truncated file or one that is not a TD-MPC2 / MBDPO checkpoint.
-    """
-    return _load(Path(path))[0]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Layouts
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def canonicalize_official_state_dict(state_dict: Mapping[str, torch.Tensor]
-                                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Bring an official state dict to the current layout with one Q copy and an explicit target.
-
-    Returns ``(canonical, info)``: canonical keys are ``_Qs.params.{layer}.{field}`` and
-    ``_target_Qs_params.{layer}.{field}`` (old flat ``_Qs.params.N`` renamed), no ``_detach_Qs_params`` (checked
-    equal to the online Q and dropped), no metadata / meta entries. ``info`` has ``layout`` ("current" / "old"),
-    ``detach`` (how the duplicate was handled) and ``target_copied`` (True when the file had no target Q, which is
-    then a copy of the online Q).
-    """
-    out: dict[str, torch.Tensor] = {}
-    detach: dict[str, torch.Tensor] = {}
-    layout = "current"
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor) or value.device.type == "meta" or _META_Q_KEY.match(key):
-            continue
-        m = _OLD_Q_KEY.match(key)
-        if m:
-            layout = "old"
-            n = int(m.group(2))
-            layer, pos = divmod(n, 4)
-            if layer > 2 or (layer == 2 and pos > 1):
-                raise OfficialCheckpointError(f"Old-layout Q key {key!r}: index {n} is out of range (0..9).")
-            head = "_target_Qs_params" if m.group(1) else "_Qs.params"
-            out[f"{head}.{layer}.{_Q_FIELDS[pos]}"] = value
-        elif key.startswith("_detach_Qs_params."):
-            detach[key[len("_detach_Qs_params."):]] = value
-        elif key.startswith("_target_Qs.params."):  # defensive: dotted target name with nested fields
-            out["_target_Qs_params." + key[len("_target_Qs.params."):]] = value
-        else:
-            out[key] = value
-    info: dict[str, Any] = {"layout": layout, "detach": "absent", "target_copied": False}
-    if detach:
-        info["detach"] = "deduplicated"
-        for sub, value in detach.items():
-            online = out.get(f"_Qs.params.{sub}")
-            if online is None:
-                out[f"_Qs.params.{sub}"] = value
-                info["detach"] = "used as online Q"
-            elif online.shape != value.shape or not torch.equal(online, value):
-                warnings.warn(f"_detach_Qs_params.{sub} differs from _Qs.params.{sub}; the online copy "
-                              "(_Qs.params) is used (upstream saves them sharing storage).", stacklevel=3)
-                info["detach"] = "differed from online Q (online kept)"
-    online_keys = [k for k in out if k.startswith("_Qs.params.")]
-    if online_keys and not any(k.startswith("_target_Qs_params.") for k in out):
-        for k in online_keys:
-            out["_target_Qs_params." + k[len("_Qs.params."):]] = out[k].clone()
-        info["target_copied"] = True
-    return out, info
-
-
-def official_to_ours_key(key: str) -> str | None:
-    """Our state-dict key for a canonical official key (None when it has no counterpart)."""
-    if key == "_task_emb.weight":
-        return "world_model.task_embedding.weight"
-    if key == "_action_masks":
-        return "world_model.action_masks"
-    for prefix, target in (("_Qs.params.", "world_model.Qs."), ("_target_Qs_params.", "world_model.Qs.target_")):
-        if key.startswith(prefix):
-            layer, _, name = key[len(prefix):].partition(".")
-            if not layer.isdigit() or name not in _Q_FIELDS:
-                return None
-            return f"{target}{name.replace('.', '_')}_{layer}"
-    for prefix, target in _MODULE_MAP.items():
-        if key.startswith(prefix):
-            return target + key[len(prefix):]
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,7 +227,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], tasks: str | list[str] 
     (with a warning). Per-task action dims are checked against the ``_action_masks`` row sums when present.
 
     `keep_score_network` keeps an MBDPO ``_score`` network (``use_score_network=True``); off by default because
-    upstream MBDPO saves ``_score`` even when it was never trained (reference notes §10 item 4). `overrides` are
+    upstream MBDPO saves ``_score`` even when it was never trained. `overrides` are
     applied last (e.g. planner settings).
     """
     sd, _ = canonicalize_official_state_dict(state_dict)
@@ -476,34 +295,19 @@ def _check_dst(dst: Path, overwrite: bool, src: Path) -> None:
 
 
 def _atomic_save(model, dst: Path, overwrite: bool, src: Path) -> None:
-    """save_pretrained into a temp folder next to dst, then move it into place; never a half-written dst."""
+    """save_pretrained into a temp folder next to dst, then swap it into place; never a half-written dst."""
     _check_dst(dst, overwrite, src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    backup = None
     try:
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)
         model.save_pretrained(tmp)
-        if dst.exists() or dst.is_symlink():
-            backup = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dst, backup)
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, dst)
-                backup = None
-            raise
+        swap_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if backup is not None:
-        if backup.is_dir() and not backup.is_symlink():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink(missing_ok=True)
 
 
 def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None,
@@ -657,68 +461,3 @@ def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike |
     if dst is not None:
         _atomic_save(model, dst, overwrite, src)
     return model
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _parse_tasks(value: str | None):
-    if value is None:
-        return None
-    value = value.strip()
-    if value in ("mt30", "mt80"):
-        return value
-    names = [t.strip() for t in value.split(",") if t.strip()]
-    if not names:
-        raise ValueError("--tasks is empty")
-    return names
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `convert` arguments to a parser (for wiring into the `mbdpo-hub` CLI)."""
-    parser.add_argument("src", help="official TD-MPC2 / MBDPO checkpoint (.pt or .pt.xz)")
-    parser.add_argument("dst", help="output folder (save_pretrained layout: config.json + model.safetensors)")
-    parser.add_argument("--tasks", default=None,
-                        help="task set (mt30, mt80) or comma-separated task names in task-id order; needed for "
-                             "single-task checkpoints (e.g. --tasks walker-walk)")
-    parser.add_argument("--keep-score-network", action="store_true",
-                        help="keep MBDPO's _score network (dropped by default: upstream saves it even untrained)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty dst")
-    return parser
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run a parsed `convert` command; returns the exit code (0 ok, 1 error)."""
-    try:
-        tasks = _parse_tasks(args.tasks)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = convert_official_checkpoint(args.src, args.dst, tasks=tasks,
-                                                keep_score_network=args.keep_score_network,
-                                                overwrite=args.overwrite)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-    except (ValueError, OSError) as e:
-        print(f"mbdpo-hub convert: error: {e}", file=sys.stderr)
-        return 1
-    cfg = model.config
-    print(model.conversion_report.summary())
-    shown = cfg.tasks if cfg.num_tasks <= 3 else f"{cfg.num_tasks} ({cfg.task_set or 'custom list'})"
-    print(f"tasks: {shown}, "
-          f"model_size={cfg.model_size}, params={model.num_parameters():,}")
-    print(f"saved to {args.dst}")
-    return 0
-
-
-def convert_main(argv: list[str] | None = None) -> int:
-    """``mbdpo-hub convert SRC DST [--tasks mt30|name,...] [--keep-score-network] [--overwrite]``."""
-    parser = add_convert_arguments(argparse.ArgumentParser(
-        prog="mbdpo-hub convert",
-        description="Convert an official TD-MPC2 / MBDPO checkpoint into a Hugging Face (save_pretrained) folder."))
-    return run_convert(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(convert_main())

@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 #: the embedded default checkpoint (used when `checkpoint` is None)
 DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent / "pretrained" / "default"
 
-#: the paper's offline-to-online pairs (target <- source whose embedding row is copied), reference notes §7 / §3.3
+#: the paper's offline-to-online pairs (target <- source whose embedding row is copied; the paper's fine-tuning setup)
 PAPER_SOURCE_TASKS: dict[str, str] = {
     "walker-run": "walker-walk",
     "cheetah-run": "cheetah-run-backwards",

@@ -167,30 +167,30 @@ class MBDPOLearner:
         Upstream trains on one (non-detached) state per update; we use `num_states` detached ones so the score net
         sees more states and does not shape the encoder."""
         cfg, policy = self.config, self.policy
-        planner_sched = policy.planner.scheduler if hasattr(policy.planner, "scheduler") else None
-        if planner_sched is None:
+        sched = getattr(policy.planner, "scheduler", None)
+        if sched is None:  # another planner is active: the diffusion schedule of the config
             from .planners import ModelBasedDiffusionScheduler
 
-            planner_sched = ModelBasedDiffusionScheduler(cfg.diffusion_steps, cfg.diffusion_beta0, cfg.diffusion_betaT)
+            sched = ModelBasedDiffusionScheduler(cfg.diffusion_steps, cfg.diffusion_beta0, cfg.diffusion_betaT)
         S = min(num_states, z.shape[0])
         z = z[:S].detach()
         t_task = policy.world_model.task_tensor(task, z)
         t_task = t_task[:S] if t_task.dim() == 1 else t_task.expand(S)
         H, A, K = cfg.horizon, cfg.action_dim, cfg.score_num_samples
         mask = policy.world_model.action_mask(t_task, z).view(S, 1, A)
-        steps = torch.randint(1, planner_sched.num_train_timesteps, (S,), device=z.device)
-        abar = planner_sched.alphas_cumprod.to(z.device, z.dtype)[steps].view(S, 1, 1)
+        steps = torch.randint(1, sched.num_train_timesteps, (S,), device=z.device)
         x = torch.randn(S, H, A, device=z.device, dtype=z.dtype) * mask
         with torch.no_grad():
-            sigma = ((1 - abar) / abar).sqrt().unsqueeze(1)
-            cand = ((x / abar.sqrt()).unsqueeze(1) + sigma * torch.randn(S, K, H, A, device=z.device)).clamp(-1, 1)
-            cand = cand * mask.unsqueeze(1)
+            sigma = sched.sample_std(steps, x).unsqueeze(1)
+            noise = torch.randn(S, K, H, A, device=z.device, dtype=z.dtype)
+            cand = (sched.x0_mean(x, steps).unsqueeze(1) + sigma * noise).clamp(-1, 1) * mask.unsqueeze(1)
             v = policy.estimate_value(z.repeat_interleave(K, 0), cand.reshape(S * K, H, A).transpose(0, 1),
                                       t_task.repeat_interleave(K, 0)).view(S, K)
             v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True).clamp(min=1e-4)
             w = torch.softmax(v / cfg.temperature, dim=1)
             x0_hat = (w.view(S, K, 1, 1) * cand).sum(1)
-            target = (-x + abar.sqrt() * x0_hat) / (1 - abar + 1e-8)
+            target = sched.mc_score(x, steps, x0_hat)
+        abar = sched.alphas_cumprod.to(z.device, z.dtype)[steps].view(S, 1, 1)
         pred = policy.score(z, x, steps, t_task)
         # weight (1 - abar)^2 (DDPM's sigma^2 weighting, i.e. noise-prediction scale): the raw target grows like
         # 1 / (1 - abar) (~5e3 at the last step) and would swamp the world-model gradient under the shared clip.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -35,10 +37,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        with open(tmp, "rb+") as f:  # on disk before it takes the old file's place
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def swap_folder(tmp: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `folder`, replacing an existing one. The old folder is first renamed to a
+    backup (`.<name>.old-<id>`) and removed only after the swap; a crash in between leaves the backup, which
+    `recover_folder` restores."""
+    tmp, folder = Path(tmp), Path(folder)
+    if folder.exists() or folder.is_symlink():
+        backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(folder, backup)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            os.replace(backup, folder)
+            raise
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def recover_folder(folder: str | os.PathLike) -> None:
+    """Restore `folder` from the backup a crash inside `swap_folder` left behind (no-op when it exists)."""
+    folder = Path(folder)
+    if folder.exists():
+        return
+    backups = sorted(folder.parent.glob(f".{folder.name}.old-*"))
+    if backups:
+        os.replace(backups[-1], folder)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -78,5 +113,5 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((*x.shape[:-1], dim - x.shape[-1]), dtype=x.dtype)], axis=-1)
 
 
-__all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "set_seed", "rng_state",
+__all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "swap_folder", "recover_folder", "set_seed", "rng_state",
            "set_rng_state", "pad_to"]

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained MBDPO / TD-MPC2 checkpoint on one task: online or offline-to-online (issue 6).
+"""Fine-tune a pretrained MBDPO / TD-MPC2 checkpoint on one task: online or offline-to-online.
 
     accelerate launch recipes/finetune.py --config recipes/configs/finetune.yaml \
         checkpoint=org/mbdpo-mt30 revision=v1 task=walker-run mode=online steps=40000 output_dir=runs/ft

@@ -8,7 +8,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-pytest_plugins = ["mbdpo_hub.testing.pytest_plugin"]
+pytest_plugins = ["mbdpo_hub_testing.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MBDPO_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))

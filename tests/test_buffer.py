@@ -1,4 +1,4 @@
-"""ReplayBuffer / MixedSampler / EpisodeRecorder tests.
+"""ReplayBuffer / sample_mixed / EpisodeRecorder tests.
 
 Episodes encode (episode id, frame) in their observations so that window boundaries and the
 action/reward alignment of the layout can be checked exactly:
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mbdpo_hub.buffer import EpisodeRecorder, MixedSampler, ReplayBuffer, sample_mixed
+from mbdpo_hub.buffer import ReplayBuffer, sample_mixed
+from mbdpo_hub.recorder import EpisodeRecorder
 
 O, A = 3, 2
 
@@ -218,22 +219,20 @@ def test_seeded_sampling_is_deterministic():
     assert torch.equal(a.sample(generator=g1)["obs"], b.sample(generator=g2)["obs"])
 
 
-def test_mixed_sampler():
+def test_sample_mixed():
     off = filled(lengths=(30, 30), seed=1)
     on = ReplayBuffer(500, O, A, 4, 64, seed=2)
     for ep in (100, 101):
         on.add_episode(*make_episode(ep, 25)[:3], task=ep % 3)
-    ms = MixedSampler([off, on], [0.75, 0.25], batch_size=64)
-    s = ms.sample()
+    s = sample_mixed([off, on], [0.75, 0.25], 64)
     assert s["obs"].shape == (5, 64, O) and s["task"].shape == (64,)
     src = s["obs"][0, :, 0]
     assert int((src >= 100).sum()) == 16 and torch.all(src[:48] < 100)
-    ms.set_ratios([0, 1])
-    assert torch.all(ms.sample(10)["obs"][0, :, 0] >= 100)
+    assert torch.all(sample_mixed([off, on], [0, 1], 10)["obs"][0, :, 0] >= 100)
     s = sample_mixed([off, on], [1, 1], 7)
     assert s["action"].shape == (4, 7, A)
     with pytest.raises(ValueError):
-        MixedSampler([off, ReplayBuffer(100, O, A, 2, 4)], [1, 1]).sample()
+        sample_mixed([off, ReplayBuffer(100, O, A, 2, 4)], [1, 1], 8)
 
 
 def test_episode_recorder_single_and_batched():

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from mbdpo_hub import MBDPOConfig, MBDPODiffusionPolicy
+from mbdpo_hub.cli import convert_main
 from mbdpo_hub.convert import (
     OfficialCheckpointError,
-    convert_main,
     convert_official_checkpoint,
     infer_config,
     load_official_state_dict,

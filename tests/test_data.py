@@ -15,7 +15,6 @@ datasets.disable_progress_bars()
 from mbdpo_hub.buffer import ReplayBuffer  # noqa: E402
 from mbdpo_hub.data import (  # noqa: E402
     DatasetWriter,
-    ParquetEpisodeSampler,
     convert_dataset_main,
     convert_tdmpc2_chunks,
     episode_table,
@@ -296,33 +295,13 @@ def test_fill_buffer_task_filter_remap_and_subset(tmp_path, cache):
     assert fill_buffer(buf, sub)["num_episodes"] == 2
 
 
-def test_parquet_episode_sampler(tmp_path, cache):
-    folder = tmp_path / "ds"
-    write_synth(folder)
-    ds = load_dataset_folder(folder, cache_dir=cache)
-    sp = ParquetEpisodeSampler(ds, horizon=5, batch_size=128, seed=0)
-    assert sp.num_windows == sum(max(0, L + 1 - 5) for L in LENGTHS)
-    s = sp.sample()
-    assert s["obs"].shape == (6, 128, OBS_DIM) and s["action"].shape == (5, 128, ACT_DIM)
-    assert s["reward"].shape == (5, 128, 1) and s["task"].dtype == torch.int64
-    ep, fr = s["obs"][..., 0], s["obs"][..., 1]
-    assert torch.all(ep == ep[:1]) and torch.all(fr[1:] - fr[:-1] == 1)
-    assert torch.equal(s["reward"][..., 0], 1000 * ep[1:] + fr[1:])
-    assert torch.equal(s["task"], ep[0].long() % 2)
-    sp2 = ParquetEpisodeSampler(folder, horizon=3, batch_size=32, tasks=["big"], task_map={"big": 4},
-                                obs_dim=8, action_dim=6)
-    s = sp2.sample()
-    assert torch.all(s["task"] == 4) and s["obs"].shape[-1] == 8 and torch.all(s["obs"][..., 5:] == 0)
-    with pytest.raises(ValueError, match="exceeds"):
-        ParquetEpisodeSampler(ds, 3, 4, obs_dim=2)
-
-
 def test_dataset_card_function(tmp_path):
     p = write_dataset_card(tmp_path, {"name": "demo", "obs_dim": 3, "action_dim": 1, "num_episodes": 2,
                                       "num_frames": 10, "tasks": [{"task_index": 0, "name": "t", "obs_dim": 3,
                                                                     "action_dim": 1, "num_episodes": 2}]})
     text = p.read_text()
-    assert "path: data/*.parquet" in text and "# demo" in text and "| 0 | t | 3 | 1 | 2 |" in text
+    assert "path: data/*.parquet" in text and "# demo" in text and "| 0 | `t` | 3 | 1 | - | 2 |" in text
+    assert "license: mit" in text  # the same card (and licence) as the one pushed to the Hub
 
 
 # ------------------------------------------------------------------------------------- TD-MPC2 importer

@@ -1,4 +1,4 @@
-"""The local Hub (mbdpo_hub.testing.hub_server) exercised through the real huggingface_hub / transformers / datasets."""
+"""The local Hub (mbdpo_hub_testing.hub_server) exercised through the real huggingface_hub / transformers / datasets."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from mbdpo_hub.testing import hf_env, start_local_hub
+from mbdpo_hub_testing import hf_env, start_local_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -393,7 +393,7 @@ def test_offline_from_pretrained_with_filled_cache(local_hub):
 # --------------------------------------------------------------------------------------------- CLI + env helper
 def test_cli_serves_on_free_port(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mbdpo_hub.testing.hub_server", "--port", "0", "--root", str(tmp_path / "cli")],
+        [sys.executable, "-m", "mbdpo_hub_testing.hub_server", "--port", "0", "--root", str(tmp_path / "cli")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -421,7 +421,7 @@ def test_hf_env_restores_constants(tmp_path):
 
 @pytest.mark.realhub
 def test_realhub_marker_runs_only_when_enabled():
-    from mbdpo_hub.testing.pytest_plugin import real_hub_enabled
+    from mbdpo_hub_testing.pytest_plugin import real_hub_enabled
 
     assert real_hub_enabled(), "realhub tests must be skipped unless MBDPO_HUB_REAL_TESTS=1"
 

@@ -71,8 +71,21 @@ def test_schedule():
     assert s.sample_std(1) == pytest.approx(0.0245, abs=5e-3)
     # with the Monte-Carlo score, one reverse step maps x_t to sqrt(abar_{t-1}) * x0_hat
     x, x0 = torch.randn(4, 3, 2), torch.rand(4, 3, 2)
-    out = s.step(s.mc_score(x, 10, x0), 10, x)
+    out = s.step(s.mc_score(x, 10, x0), 10, x).prev_sample
     torch.testing.assert_close(out, s.alphas_cumprod[9].sqrt().float() * x0, rtol=1e-4, atol=1e-4)
+    # per-sample steps (the score network's training target) agree with the int form
+    steps = torch.tensor([10, 3, 10, 7])
+    per = s.mc_score(x, steps, x0)
+    for i, t in enumerate(steps.tolist()):
+        torch.testing.assert_close(per[i], s.mc_score(x[i:i + 1], t, x0[i:i + 1])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_schedule_is_a_saveable_config(tmp_path):
+    s = ModelBasedDiffusionScheduler(12, 2e-4, 2e-2)
+    s.save_pretrained(tmp_path)
+    r = ModelBasedDiffusionScheduler.from_pretrained(tmp_path)
+    assert r.config == s.config and torch.equal(r.alphas_cumprod, s.alphas_cumprod)
+    assert ModelBasedDiffusionScheduler.from_config(s.config).timesteps.tolist() == s.timesteps.tolist()
 
 
 @pytest.mark.parametrize("planner", ["diffusion", "mppi", "score", "policy"])

@@ -39,26 +39,19 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from ..utils import recover_folder, swap_folder
+from .stats import _TaskStats
 
 FORMAT_NAME = "mbdpo_hub.dataset"
 FORMAT_VERSION = 1
 DEFAULT_MAX_SHARD_ROWS = 250_000
 
-__all__ = [
-    "DatasetWriter",
-    "load_dataset_folder",
-    "read_tasks",
-    "read_info",
-    "read_stats",
-    "fill_buffer",
-    "dataset_features",
-    "write_dataset_card",
-    "episode_table",
-    "dataset_arrow_table",
-]
+__all__ = ["DatasetWriter", "dataset_features", "write_dataset_card", "FORMAT_NAME", "FORMAT_VERSION",
+           "DEFAULT_MAX_SHARD_ROWS"]
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -82,148 +75,27 @@ def _json_dump(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
-def _recover(folder: Path) -> None:
-    """Restore a dataset left as a backup by a crash between the two renames of a swap."""
-    if folder.exists():
-        return
-    backups = sorted(folder.parent.glob(f".{folder.name}.old-*"))
-    if backups:
-        os.rename(backups[-1], folder)
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    if folder.exists():
-        backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(folder, backup)
-        try:
-            os.rename(tmp, folder)
-        except BaseException:
-            os.rename(backup, folder)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.rename(tmp, folder)
-
-
-# ---------------------------------------------------------------------------------------------- stats
-class _Moments:
-    """Streaming count / sum / sum of squares / min / max (float64) of vectors of a fixed dim."""
-
-    def __init__(self, dim: int | None) -> None:
-        shape = () if dim is None else (dim,)
-        self.n = 0
-        self.s = np.zeros(shape)
-        self.ss = np.zeros(shape)
-        self.mn = np.full(shape, np.inf)
-        self.mx = np.full(shape, -np.inf)
-
-    def update(self, x: np.ndarray) -> None:
-        if x.shape[0] == 0:
-            return
-        x64 = x.astype(np.float64)
-        self.n += x.shape[0]
-        self.s = self.s + x64.sum(0)
-        self.ss = self.ss + (x64 * x64).sum(0)
-        self.mn = np.minimum(self.mn, x64.min(0))
-        self.mx = np.maximum(self.mx, x64.max(0))
-
-    def merge_dict(self, d: dict | None) -> None:
-        if not d or not d.get("count"):
-            return
-        n = int(d["count"])
-        mean, std = np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64)
-        self.n += n
-        self.s = self.s + mean * n
-        self.ss = self.ss + (std ** 2 + mean ** 2) * n
-        self.mn = np.minimum(self.mn, np.asarray(d["min"], np.float64))
-        self.mx = np.maximum(self.mx, np.asarray(d["max"], np.float64))
-
-    def to_dict(self) -> dict:
-        if self.n == 0:
-            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        mean = self.s / self.n
-        var = np.maximum(self.ss / self.n - mean ** 2, 0.0)
-        conv = (lambda a: a.tolist()) if np.ndim(mean) else float
-        return {"count": int(self.n), "mean": conv(mean), "std": conv(np.sqrt(var)), "min": conv(self.mn),
-                "max": conv(self.mx)}
-
-
-class _TaskStats:
-    def __init__(self, obs_dim: int, action_dim: int) -> None:
-        self.obs = _Moments(obs_dim)
-        self.action = _Moments(action_dim)
-        self.reward = _Moments(None)
-        self.ret = _Moments(None)
-        self.episodes = 0
-
-    def to_dict(self) -> dict:
-        return {"num_episodes": self.episodes, "num_frames": self.obs.n, "num_transitions": self.action.n,
-                "observation": self.obs.to_dict(), "action": self.action.to_dict(), "reward": self.reward.to_dict(),
-                "return": self.ret.to_dict()}
-
-    def merge_dict(self, d: dict) -> None:
-        self.episodes += int(d.get("num_episodes", 0))
-        self.obs.merge_dict(d.get("observation"))
-        self.action.merge_dict(d.get("action"))
-        self.reward.merge_dict(d.get("reward"))
-        self.ret.merge_dict(d.get("return"))
-
-
 # ---------------------------------------------------------------------------------------------- card
 def write_dataset_card(folder: str | os.PathLike, info: dict) -> Path:
-    """Write a minimal ``README.md`` dataset card into ``folder`` (swappable for a fancier builder).
+    """Write the dataset card ``README.md`` into ``folder`` with the one card builder the Hub push uses too
+    (`mbdpo_hub.hub.build_dataset_card`), so the local and the pushed card are the same.
 
     ``info`` keys used: ``name``, ``obs_dim``, ``action_dim``, ``num_episodes``, ``num_frames``, ``tasks``
-    (list of task dicts), optional ``source``, ``license``, ``description``.
+    (list of task dicts), optional ``source``, ``license``, ``description``, ``collection``.
     """
+    from ..hub.cards import DEFAULT_LICENSE
+    from ..hub.dataset_card import build_dataset_card
+
     folder = Path(folder)
-    tasks = info.get("tasks", [])
-    lines = [
-        "---",
-        f"license: {info.get('license', 'other')}",
-        "task_categories:",
-        "- reinforcement-learning",
-        "tags:",
-        "- reinforcement-learning",
-        "- mbdpo",
-        "- tdmpc2",
-        "- world-model",
-        "- offline-rl",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/*.parquet",
-        "---",
-        "",
-        f"# {info.get('name', folder.name)}",
-        "",
-        info.get("description", "Episode dataset in the mbdpo_hub parquet format (one row per environment entry)."),
-        "",
-        f"- episodes: {info.get('num_episodes', '?')}, rows (entries): {info.get('num_frames', '?')}",
-        f"- padded observation dim: {info.get('obs_dim', '?')}, padded action dim: {info.get('action_dim', '?')}",
-    ]
-    if info.get("source"):
-        lines.append(f"- source: {info['source']}")
-    lines += [
-        "",
-        "Row `frame_index = 0` of an episode holds the reset observation with a zero action and zero reward; row "
-        "`t >= 1` holds `(obs_t, a_{t-1}, r_{t-1}, terminated_t)`. Observations and actions are zero-padded to "
-        "the dims above; true per-task dims are in `meta/tasks.json`, normalisation statistics in "
-        "`meta/stats.json`.",
-        "",
-        "Load with `mbdpo_hub.data.load_dataset_folder(...)` or "
-        "`datasets.load_dataset(<repo>, split=\"train\")`.",
-        "",
-    ]
-    if tasks:
-        lines += ["| task_index | task | obs dim | action dim | episodes |", "|---|---|---|---|---|"]
-        for t in tasks:
-            lines.append(f"| {t['task_index']} | {t['name']} | {t['obs_dim']} | {t['action_dim']} | "
-                         f"{t.get('num_episodes', 0)} |")
-        lines.append("")
+    name = str(info.get("name") or folder.name)
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "dataset"
+    card = build_dataset_card(
+        repo_id=f"local/{slug}", tasks=info.get("tasks") or [], obs_dim=info.get("obs_dim"),
+        action_dim=info.get("action_dim"), num_episodes=info.get("num_episodes"), num_frames=info.get("num_frames"),
+        source=info.get("source"), description=info.get("description"), collection=info.get("collection"),
+        pretty_name=name, license=info.get("license") or DEFAULT_LICENSE)
     path = folder / "README.md"
-    path.write_text("\n".join(lines))
+    path.write_text(str(card))
     return path
 
 
@@ -264,7 +136,7 @@ class DatasetWriter:
                  overwrite: bool = False, name: str | None = None, source: str | None = None,
                  compression: str = "zstd") -> None:
         self.folder = Path(folder)
-        _recover(self.folder)
+        recover_folder(self.folder)
         self.max_shard_rows = int(max_shard_rows)
         if self.max_shard_rows < 1:
             raise ValueError("max_shard_rows must be >= 1")
@@ -281,6 +153,8 @@ class DatasetWriter:
         old_tasks: list[dict] = []
         old_stats: dict = {}
         if self.append:
+            from .reading import read_info, read_stats, read_tasks
+
             info = read_info(self.folder)
             tj = read_tasks(self.folder)
             old_tasks = tj["tasks"]
@@ -517,7 +391,7 @@ class DatasetWriter:
         try:
             self._flush()
             self._write_meta()
-            _swap_in(self._tmp, self.folder)
+            swap_folder(self._tmp, self.folder)
         except BaseException:
             self.abort()
             raise
@@ -588,316 +462,3 @@ def _np(x, dtype) -> np.ndarray:
     except ImportError:  # pragma: no cover
         pass
     return np.asarray(x, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------------------------- reading
-def _is_local(path_or_repo) -> bool:
-    return isinstance(path_or_repo, Path) or os.path.exists(str(path_or_repo))
-
-
-def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(repo, filename, repo_type="dataset", revision=revision))
-
-
-def _read_meta_json(path_or_repo, name: str, revision: str | None = None) -> dict:
-    if _is_local(path_or_repo):
-        folder = Path(path_or_repo)
-        _recover(folder)
-        p = folder / "meta" / name
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: {folder} is not an mbdpo_hub dataset folder")
-    else:
-        p = _hub_file(str(path_or_repo), f"meta/{name}", revision)
-    try:
-        return json.loads(Path(p).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupted metadata file {p}: {e}") from e
-
-
-def read_tasks(path_or_repo, revision: str | None = None) -> dict:
-    """``meta/tasks.json``: ``{"obs_dim", "action_dim", "tasks": [{task_index, name, obs_dim, action_dim,
-    episode_length, num_episodes}]}`` (local folder or Hub dataset repo)."""
-    return _read_meta_json(path_or_repo, "tasks.json", revision)
-
-
-def read_info(path_or_repo, revision: str | None = None) -> dict:
-    return _read_meta_json(path_or_repo, "info.json", revision)
-
-
-def read_stats(path_or_repo, revision: str | None = None) -> dict:
-    return _read_meta_json(path_or_repo, "stats.json", revision)
-
-
-def _check_shards(files: Iterable[Path]) -> int:
-    import pyarrow.parquet as pq
-
-    rows = 0
-    for f in files:
-        try:
-            rows += pq.ParquetFile(f).metadata.num_rows
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"corrupted or truncated parquet shard {f}: {e}") from e
-    return rows
-
-
-def _find_bad_shard(files: Sequence[Path]) -> None:
-    import pyarrow.parquet as pq
-
-    for f in files:
-        try:
-            pq.read_table(f)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"corrupted parquet shard {f}: {e}") from e
-
-
-def _attach_tasks(ds, tasks_meta: dict | None):
-    if tasks_meta is not None:
-        ds.info.description = json.dumps({"mbdpo_hub": {"tasks": tasks_meta}})
-    return ds
-
-
-def _tasks_from_dataset(ds) -> dict | None:
-    try:
-        return json.loads(ds.info.description)["mbdpo_hub"]["tasks"]
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def load_dataset_folder(path_or_repo, revision: str | None = None, split: str = "train",
-                        cache_dir: str | os.PathLike | None = None, keep_in_memory: bool = False):
-    """Load an episode dataset as a ``datasets.Dataset`` (memory-mapped Arrow cache).
-
-    ``path_or_repo``: a local dataset folder (its ``data/*.parquet`` shards are footer-checked first: a
-    corrupted/truncated shard raises ``ValueError`` naming the file) or a Hub dataset repo id (``revision``
-    honoured).  ``meta/tasks.json`` is attached to ``ds.info.description`` (JSON ``{"mbdpo_hub": {"tasks":
-    ...}}``) so that ``fill_buffer`` can filter/remap by task name without the folder.
-    """
-    import datasets
-
-    if _is_local(path_or_repo):
-        folder = Path(path_or_repo)
-        _recover(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dataset folder {folder} does not exist")
-        files = sorted((folder / "data").glob("*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"no parquet shards under {folder / 'data'}")
-        rows = _check_shards(files)
-        tasks_meta = None
-        info_path = folder / "meta" / "info.json"
-        if info_path.exists():
-            info = read_info(folder)
-            listed = {folder / s["file"] for s in info.get("shards", [])}
-            missing = sorted(str(p) for p in listed if not p.exists())
-            if missing:
-                raise ValueError(f"dataset {folder} is missing shards {missing}")
-            if int(info.get("num_frames", rows)) != rows:
-                raise ValueError(f"dataset {folder}: shards hold {rows} rows but meta/info.json says "
-                                 f"{info['num_frames']} (truncated or extra shard?)")
-            tasks_meta = read_tasks(folder)
-        try:
-            ds = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split,
-                                       cache_dir=None if cache_dir is None else str(cache_dir),
-                                       keep_in_memory=keep_in_memory)
-        except Exception as e:  # noqa: BLE001
-            _find_bad_shard(files)
-            raise ValueError(f"failed to load dataset {folder}: {e}") from e
-        return _attach_tasks(ds, tasks_meta)
-    repo = str(path_or_repo)
-    ds = datasets.load_dataset(repo, revision=revision, split=split, data_files={split: "data/*.parquet"},
-                               cache_dir=None if cache_dir is None else str(cache_dir), keep_in_memory=keep_in_memory)
-    try:
-        tasks_meta = read_tasks(repo, revision)
-    except Exception:  # noqa: BLE001
-        tasks_meta = None
-    return _attach_tasks(ds, tasks_meta)
-
-
-def dataset_arrow_table(dataset):
-    """The ``pyarrow.Table`` behind a ``datasets.Dataset`` (indices mapping applied), a table, or a folder."""
-    import pyarrow as pa
-
-    if isinstance(dataset, pa.Table):
-        return dataset
-    if isinstance(dataset, (str, Path)):
-        dataset = load_dataset_folder(dataset)
-    if getattr(dataset, "_indices", None) is not None:
-        dataset = dataset.flatten_indices()
-    return dataset.data.table
-
-
-def _fixed_dim(table, col: str) -> int:
-    import pyarrow as pa
-
-    if col not in table.column_names:
-        raise ValueError(f"dataset has no {col!r} column (columns: {table.column_names})")
-    t = table.schema.field(col).type
-    if not pa.types.is_fixed_size_list(t):
-        raise ValueError(f"column {col!r} must be a fixed-size list of float32, got {t}")
-    return int(t.list_size)
-
-
-def _col_2d(table, col: str) -> np.ndarray:
-    """(N, D) float32 numpy view (zero-copy when possible) of a fixed-size-list column."""
-    arr = table.column(col).combine_chunks()
-    d = arr.type.list_size
-    vals = arr.flatten().to_numpy(zero_copy_only=False)
-    return vals.reshape(-1, d)
-
-
-def _col_1d(table, col: str, dtype) -> np.ndarray:
-    return np.asarray(table.column(col).to_numpy(), dtype=dtype)
-
-
-def episode_table(table) -> dict[str, np.ndarray]:
-    """Episode offsets of an entry table sorted by (episode_index, frame_index), vectorised.
-
-    Returns ``episode_index (E,)``, ``start (E,)`` (row), ``length (E,)`` (entries), ``task_index (E,)``.
-    Raises ``ValueError`` on unsorted rows, missing/duplicated frames or a task that changes inside an episode.
-    """
-    ep = _col_1d(table, "episode_index", np.int64)
-    fr = _col_1d(table, "frame_index", np.int64)
-    tk = _col_1d(table, "task_index", np.int64)
-    n = ep.shape[0]
-    if n == 0:
-        z = np.zeros(0, np.int64)
-        return {"episode_index": z, "start": z, "length": z, "task_index": z}
-    if (np.diff(ep) < 0).any():
-        raise ValueError("dataset rows are not sorted by episode_index (write datasets with DatasetWriter)")
-    starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
-    lengths = np.diff(np.r_[starts, n])
-    expected = np.arange(n) - np.repeat(starts, lengths)
-    if not np.array_equal(fr, expected):
-        row = int(np.flatnonzero(fr != expected)[0])
-        raise ValueError(f"episode {int(ep[row])}: frame_index {int(fr[row])} at row {row}, expected "
-                         f"{int(expected[row])} (frames must be 0..T, consecutive)")
-    if not np.array_equal(tk, np.repeat(tk[starts], lengths)):
-        row = int(np.flatnonzero(tk != np.repeat(tk[starts], lengths))[0])
-        raise ValueError(f"episode {int(ep[row])}: task_index changes inside the episode")
-    return {"episode_index": ep[starts], "start": starts.astype(np.int64), "length": lengths.astype(np.int64),
-            "task_index": tk[starts]}
-
-
-def resolve_task_selection(ep_tasks: np.ndarray, tasks=None, task_map=None, dataset_tasks: dict | None = None):
-    """Shared by ``fill_buffer`` and ``ParquetEpisodeSampler``: returns (episode keep mask, model task id per
-    episode)."""
-    by_name = by_index = None
-    if dataset_tasks is not None:
-        tl = dataset_tasks["tasks"] if isinstance(dataset_tasks, dict) else dataset_tasks
-        by_name = {t["name"]: int(t["task_index"]) for t in tl}
-        by_index = {int(t["task_index"]): t["name"] for t in tl}
-
-    def to_index(x) -> int:
-        if isinstance(x, str):
-            if by_name is None:
-                raise ValueError(f"task name {x!r} given but the dataset's task names are unknown: pass "
-                                 "dataset_tasks=read_tasks(folder) or load with load_dataset_folder")
-            if x not in by_name:
-                raise ValueError(f"task {x!r} not in the dataset (tasks: {sorted(by_name)})")
-            return by_name[x]
-        return int(x)
-
-    keep = np.ones(ep_tasks.shape, bool)
-    if tasks is not None:
-        wanted = np.asarray([to_index(t) for t in tasks], np.int64)
-        keep = np.isin(ep_tasks, wanted)
-    model_ids = ep_tasks.copy()
-    if task_map is not None:
-        if isinstance(task_map, dict):
-            mapping = {to_index(k): int(v) for k, v in task_map.items()}
-        else:  # a list of model task names, in model task-id order
-            if by_index is None:
-                raise ValueError("task_map as a list of model task names needs the dataset's task names")
-            pos = {name: i for i, name in enumerate(task_map)}
-            mapping = {i: pos[n] for i, n in by_index.items() if n in pos}
-        present = np.unique(ep_tasks[keep])
-        unmapped = [int(t) for t in present if int(t) not in mapping]
-        if unmapped:
-            names = [by_index.get(t, t) if by_index else t for t in unmapped]
-            raise ValueError(f"dataset tasks {names} have no model task id in task_map (filter them with tasks=...)")
-        lut_keys = np.asarray(list(mapping), np.int64)
-        lut_vals = np.asarray(list(mapping.values()), np.int64)
-        order = np.argsort(lut_keys)
-        pos_ = np.searchsorted(lut_keys[order], ep_tasks[keep])
-        model_ids[keep] = lut_vals[order][pos_]
-    return keep, model_ids
-
-
-def fill_buffer(buffer, dataset, tasks=None, task_map=None, dataset_tasks: dict | None = None, episodes=None,
-                pad: bool = False, chunk_rows: int = 1 << 21) -> dict:
-    """Feed a ``ReplayBuffer`` from an episode dataset in bulk.
-
-    ``dataset``: ``datasets.Dataset`` / ``pyarrow.Table`` / local folder path.  Columns are viewed as numpy
-    arrays straight from Arrow and grouped by episode with vectorised offset arithmetic (no per-row Python);
-    episodes are handed to ``buffer.add_episodes_from_arrays`` in slices of about ``chunk_rows`` rows.
-
-    ``tasks``: keep only these tasks (names or dataset task indices).  ``task_map``: dataset task (name or
-    index) -> model task id dict, or the model's task-name list (ids = positions); default keeps dataset ids.
-    ``dataset_tasks``: ``read_tasks(folder)`` (found automatically for folders/``load_dataset_folder``).
-    ``episodes``: an int (first N episodes) or an iterable of ``episode_index`` values -- a subset for data
-    larger than RAM (or use ``ParquetEpisodeSampler``).  ``pad``: zero-pad dataset obs/action dims smaller
-    than the buffer's (otherwise any dim mismatch raises ``ValueError`` naming both dims).
-    Returns ``{"num_episodes", "num_steps", "task_ids"}`` of what was added.
-    """
-    if isinstance(dataset, (str, Path)):
-        if dataset_tasks is None:
-            dataset_tasks = read_tasks(dataset)
-        dataset = load_dataset_folder(dataset)
-    if dataset_tasks is None and not _is_arrow_table(dataset):
-        dataset_tasks = _tasks_from_dataset(dataset)
-    table = dataset_arrow_table(dataset)
-    od, ad = _fixed_dim(table, "observation"), _fixed_dim(table, "action")
-    for what, d_data, d_buf in (("observation", od, buffer.obs_dim), ("action", ad, buffer.action_dim)):
-        if d_data != d_buf and not (pad and d_data < d_buf):
-            raise ValueError(f"dataset {what} dim {d_data} does not match the buffer/model {what} dim {d_buf}"
-                             + ("" if d_data > d_buf else " (pass pad=True to zero-pad)"))
-    eps = episode_table(table)
-    keep, model_ids = resolve_task_selection(eps["task_index"], tasks, task_map, dataset_tasks)
-    if episodes is not None:
-        if isinstance(episodes, (int, np.integer)):
-            sel = np.zeros_like(keep)
-            sel[np.flatnonzero(keep)[: int(episodes)]] = True
-            keep &= sel
-        else:
-            keep &= np.isin(eps["episode_index"], np.asarray(list(episodes), np.int64))
-    idx = np.flatnonzero(keep)
-    added_eps = added_steps = 0
-    i = 0
-    while i < idx.size:
-        # group consecutive kept episodes into one contiguous row slice of ~chunk_rows rows
-        j = i + 1
-        rows = int(eps["length"][idx[i]])
-        while (j < idx.size and idx[j] == idx[j - 1] + 1 and rows + int(eps["length"][idx[j]]) <= chunk_rows):
-            rows += int(eps["length"][idx[j]])
-            j += 1
-        sel = idx[i:j]
-        r0 = int(eps["start"][sel[0]])
-        part = table.slice(r0, rows)
-        obs = _col_2d(part, "observation")
-        act = _col_2d(part, "action")
-        if od < buffer.obs_dim:
-            obs = np.pad(obs, [(0, 0), (0, buffer.obs_dim - od)])
-        if ad < buffer.action_dim:
-            act = np.pad(act, [(0, 0), (0, buffer.action_dim - ad)])
-        rew = _col_1d(part, "reward", np.float32)
-        term = _col_1d(part, "terminated", bool)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            buffer.add_episodes_from_arrays(obs, act, rew, term, episode_lengths=eps["length"][sel],
-                                            tasks=model_ids[sel])
-        added_eps += sel.size
-        added_steps += rows - sel.size
-        i = j
-    return {"num_episodes": int(added_eps), "num_steps": int(added_steps),
-            "task_ids": sorted({int(t) for t in model_ids[idx]})}
-
-
-def _is_arrow_table(x) -> bool:
-    try:
-        import pyarrow as pa
-
-        return isinstance(x, pa.Table)
-    except ImportError:  # pragma: no cover
-        return False

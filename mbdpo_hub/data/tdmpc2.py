@@ -272,7 +272,7 @@ def convert_dataset_main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"convert-dataset: error: {e}", file=sys.stderr)
         return 2
-    from .format import read_info
+    from .reading import read_info
 
     info = read_info(out)
     print(f"wrote {out}: {info['num_episodes']} episodes, {info['num_frames']} rows, "

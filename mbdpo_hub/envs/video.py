@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..utils import atomic_path
 
 
 def record_episode_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int = 30) -> str:
@@ -37,19 +38,10 @@ def record_episode_video(frames: Sequence[np.ndarray], path: str | os.PathLike, 
         if h % 2 or w % 2:  # yuv420p needs even sizes; pad instead of letting ffmpeg rescale
             arr = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in arr]
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=ext, prefix=".tmp-video-", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # readers never see a half-written video
         if ext == ".mp4":
             # macro_block_size=1: we already made the size even, so no silent resize warning.
             imageio.mimsave(tmp, arr, fps=fps, codec="libx264", macro_block_size=1, format="FFMPEG")
         else:
             imageio.mimsave(tmp, arr, duration=1000.0 / fps, loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

@@ -6,17 +6,10 @@
     push_pretrained(model, "org/mbdpo-walker", card=card, revision="main", tag="v1.0")
 """
 
-from .cards import (
-    BASE_TAGS,
-    LIBRARY_NAME,
-    PIPELINE_TAG,
-    build_dataset_card,
-    build_model_card,
-    format_mean_std,
-    update_model_index,
-    validate_card,
-)
-from .publish import ensure_branch, push_dataset_folder, push_pretrained
+from .card_update import update_model_index
+from .cards import BASE_TAGS, LIBRARY_NAME, PIPELINE_TAG, build_model_card, format_mean_std, validate_card
+from .dataset_card import build_dataset_card
+from .publish import ensure_branch, push_dataset_folder, push_policy, push_pretrained
 
 __all__ = [
     "BASE_TAGS",
@@ -27,6 +20,7 @@ __all__ = [
     "ensure_branch",
     "format_mean_std",
     "push_dataset_folder",
+    "push_policy",
     "push_pretrained",
     "update_model_index",
     "validate_card",

@@ -15,13 +15,14 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard import RepoCard
+
+from ..utils import HUB_REPO_ID_RE
 
 __all__ = [
     "LIBRARY_NAME",
@@ -30,9 +31,7 @@ __all__ = [
     "DATASET_TAGS",
     "format_mean_std",
     "build_model_card",
-    "build_dataset_card",
     "validate_card",
-    "update_model_index",
     "find_template",
 ]
 
@@ -56,7 +55,6 @@ TEMPLATE_DIR_ENV = "MBDPO_HUB_CARD_TEMPLATES"
 _RESULTS_START = "<!-- mbdpo-results-start -->"
 _RESULTS_END = "<!-- mbdpo-results-end -->"
 _MEAN_STD_RE = re.compile(r"^-?\d+(?:\.\d+)? \+/- \d+(?:\.\d+)?$")
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TAG_RE = re.compile(r"[^a-z0-9._/-]+")
 _NORMALIZED_SCORE_DATASET = "mbdpo-normalized-score"
 
@@ -105,7 +103,7 @@ def _finite(x: Any, what: str) -> float:
 
 
 def _check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id):
+    if not isinstance(repo_id, str) or not HUB_REPO_ID_RE.match(repo_id):
         raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
     return repo_id
 
@@ -378,119 +376,6 @@ def build_model_card(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# dataset card
-# ---------------------------------------------------------------------------------------------------------------------
-def _normalize_tasks(tasks: Any) -> list[dict[str, Any]]:
-    """Accept ``[{"name", "obs_dim", "action_dim", ...}]`` (meta/tasks.json style) or ``{name: {...}}``."""
-    if isinstance(tasks, Mapping) and "tasks" in tasks and isinstance(tasks["tasks"], list):
-        tasks = tasks["tasks"]  # a whole meta/tasks.json
-    if isinstance(tasks, Mapping):
-        tasks = [{"name": k, **dict(v)} for k, v in tasks.items()]
-    if not isinstance(tasks, Sequence) or isinstance(tasks, str) or not tasks:
-        raise ValueError("tasks must be a non-empty list of task dicts or a {name: {...}} dict")
-    out = []
-    for i, t in enumerate(tasks):
-        if not isinstance(t, Mapping) or not t.get("name"):
-            raise ValueError(f"tasks[{i}] must be a dict with at least 'name', 'obs_dim', 'action_dim'")
-        for k in ("obs_dim", "action_dim"):
-            v = t.get(k)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"tasks[{i}] ({t['name']}): {k} must be a positive int, got {v!r}")
-        out.append(
-            {
-                "task_index": t.get("task_index", i),
-                "name": str(t["name"]),
-                "obs_dim": t["obs_dim"],
-                "action_dim": t["action_dim"],
-                "episode_length": t.get("episode_length"),
-                "num_episodes": t.get("num_episodes", t.get("episodes")),
-            }
-        )
-    return out
-
-
-def _size_category(n: int | None) -> str | None:
-    if n is None:
-        return None
-    for bound, name in [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                        (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]:
-        if n < bound:
-            return name
-    return "1B<n<10B"
-
-
-def build_dataset_card(
-    *,
-    repo_id: str,
-    tasks: Any,
-    obs_dim: int | None = None,
-    action_dim: int | None = None,
-    num_episodes: int | None = None,
-    num_frames: int | None = None,
-    collection: str | None = None,
-    source: str | None = None,
-    command: str | None = None,
-    description: str | None = None,
-    pretty_name: str | None = None,
-    license: str = DEFAULT_LICENSE,
-    extra_tags: Sequence[str] | None = None,
-    data_files: str = "data/*.parquet",
-    notes: str | None = None,
-    template_path: str | os.PathLike | None = None,
-) -> DatasetCard:
-    """Build the dataset card of an mbdpo_hub parquet dataset.
-
-    ``tasks`` is a list of ``{"name", "obs_dim", "action_dim", "episode_length"?, "num_episodes"?, "task_index"?}``
-    (the ``meta/tasks.json`` entries), a whole ``meta/tasks.json`` dict, or ``{name: {...}}``. ``obs_dim`` /
-    ``action_dim`` default to the max over tasks, ``num_episodes`` to the sum of the per-task counts. ``collection``
-    says how the data was collected (agent, checkpoints, seeds, noise...). YAML ``configs`` point
-    ``datasets.load_dataset(repo)`` at ``data_files``.
-    """
-    _check_repo_id(repo_id)
-    rows = _normalize_tasks(tasks)
-    if obs_dim is None:
-        obs_dim = max(t["obs_dim"] for t in rows)
-    if action_dim is None:
-        action_dim = max(t["action_dim"] for t in rows)
-    if num_episodes is None and all(t["num_episodes"] is not None for t in rows):
-        num_episodes = sum(int(t["num_episodes"]) for t in rows)
-    if not isinstance(data_files, str) or not data_files or data_files.startswith("/"):
-        raise ValueError(f"data_files must be a repo-relative glob such as 'data/*.parquet', got {data_files!r}")
-    tags = _card_tags(DATASET_TAGS, extra_tags, [t["name"] for t in rows])
-    name = pretty_name or repo_id.split("/")[-1]
-    size = _size_category(num_frames)
-    card_data = DatasetCardData(
-        license=license,
-        pretty_name=name,
-        task_categories=["reinforcement-learning"],
-        tags=tags,
-        size_categories=[size] if size else None,
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
-    )
-    template = Path(template_path) if template_path is not None else find_template(DATASET_TEMPLATE)
-    card = DatasetCard.from_template(
-        card_data,
-        template_path=str(template),
-        repo_id=repo_id,
-        pretty_name=name,
-        description=description,
-        tasks=rows,
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        num_episodes=num_episodes,
-        num_frames=num_frames,
-        collection=collection,
-        source=source,
-        command=command.strip() if command else None,
-        license=license,
-        data_files=data_files,
-        notes=notes,
-    )
-    validate_card(card)
-    return card
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------------------------------------------------
 def _load_metadata(card: RepoCard | str | os.PathLike) -> tuple[dict, str, str]:
@@ -596,79 +481,3 @@ def validate_card(card: RepoCard | str | os.PathLike, kind: str | None = None) -
     if card_data.eval_results is None:
         raise ValueError("card metadata: model-index could not be parsed into eval results")
     return data
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# updating a card
-# ---------------------------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _results_from_card(card: ModelCard) -> tuple[dict[str, dict[str, Any]], float | None]:
-    results: dict[str, dict[str, Any]] = {}
-    overall = None
-    for er in card.data.eval_results or []:
-        if er.dataset_type == _NORMALIZED_SCORE_DATASET:
-            overall = float(er.metric_value)
-            continue
-        r = results.setdefault(er.dataset_type, {})
-        if er.metric_type == "mean_reward":
-            m = re.match(r"^\s*(-?[\d.]+)\s*\+/-\s*([\d.]+)\s*$", str(er.metric_value))
-            if m:
-                r["mean_return"], r["std_return"] = float(m.group(1)), float(m.group(2))
-        elif er.metric_type == "normalized_score":
-            r["normalized_score"] = float(er.metric_value)
-    return {t: r for t, r in results.items() if "mean_return" in r}, overall
-
-
-def update_model_index(
-    card_path: str | os.PathLike,
-    eval_results: Mapping[str, Mapping[str, Any]],
-    normalized_score: float | None = None,
-    *,
-    replace: bool = False,
-) -> ModelCard:
-    """Update the per-task results of the card at ``card_path`` (a README.md) in place, atomically.
-
-    Tasks in ``eval_results`` are added or overwritten; other tasks already in the card are kept unless
-    ``replace=True``. The model-index metadata and the results table in the body are both rewritten. Returns
-    the updated card.
-    """
-    path = Path(card_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"card not found: {path}")
-    new = _normalize_eval_results(eval_results)
-    card = ModelCard.load(path)
-    validate_card(card)
-    old, old_norm = _results_from_card(card)
-    merged = new if replace else {**old, **new}
-    # Keep the richer body info (episodes, extra columns) for tasks we are not updating.
-    if normalized_score is None and not replace:
-        normalized_score = old_norm
-    card.data.eval_results = _eval_result_objects(merged, normalized_score)
-    if not card.data.model_name:
-        card.data.model_name = path.parent.name or "model"
-    table = _results_table(merged, normalized_score)
-    text = card.text
-    if _RESULTS_START in text and _RESULTS_END in text:
-        pre, rest = text.split(_RESULTS_START, 1)
-        _, post = rest.split(_RESULTS_END, 1)
-        text = f"{pre}{_RESULTS_START}\n{table}\n{_RESULTS_END}{post}"
-    else:
-        text = text.rstrip("\n") + f"\n\n## Results\n\n{_RESULTS_START}\n{table}\n{_RESULTS_END}\n"
-    card.text = text
-    updated = ModelCard(str(card))
-    validate_card(updated)
-    _atomic_write_text(path, str(updated))
-    return updated

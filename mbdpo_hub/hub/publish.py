@@ -21,15 +21,15 @@ from huggingface_hub.errors import RevisionNotFoundError
 from huggingface_hub.repocard import RepoCard
 
 from .cards import validate_card
+from ..utils import HUB_REPO_ID_RE
 
 __all__ = ["push_pretrained", "push_dataset_folder", "ensure_branch"]
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id):
+    if not isinstance(repo_id, str) or not HUB_REPO_ID_RE.match(repo_id):
         raise ValueError(f"repo_id must look like 'namespace/name', got {repo_id!r}")
 
 
@@ -166,6 +166,21 @@ def push_pretrained(
     if tag is not None:
         _tag_commit(api, repo_id, tag, info.oid, tag_message, "model")
     return info
+
+
+def push_policy(model: Any, repo_id: str, *, card: RepoCard | str | None = None,
+                eval_results: dict | None = None, normalized_score: float | None = None,
+                extra_files: Mapping[str, str | os.PathLike] | None = None, revision: str | None = None,
+                tag: str | None = None, commit_message: str = "Upload MBDPO checkpoint", private: bool = False,
+                token: str | bool | None = None, **card_kwargs: Any) -> CommitInfo:
+    """`MBDPODiffusionPolicy.push_to_hub`: build our model card (unless `card` is given) and push in one commit."""
+    if card is None:
+        from .cards import build_model_card
+
+        card = build_model_card(repo_id=repo_id, config_dict=model.config.to_dict(), eval_results=eval_results or {},
+                                normalized_score=normalized_score, revision=tag, **card_kwargs)
+    return push_pretrained(model, repo_id, card=card, extra_files=extra_files, revision=revision, tag=tag,
+                           commit_message=commit_message, private=private, token=token)
 
 
 def push_dataset_folder(

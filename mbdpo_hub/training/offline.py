@@ -183,7 +183,7 @@ class OfflinePretrainer(RunFolder):
         self.metrics_acc: dict[str, list[float]] = {}
         self.ckpt_loaded = self.resume()
         set_seed(cfg.seed + 1000 * acc.process_index + 7919 * self.step + 1)
-        from ..data.format import read_info
+        from ..data import read_info
 
         try:
             frames = int(read_info(cfg.dataset, cfg.dataset_revision)["num_frames"]) \

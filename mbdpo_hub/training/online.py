@@ -176,7 +176,7 @@ class OnlineTrainer(RunFolder):
 
     # --- the loop ------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        from ..buffer import EpisodeRecorder
+        from ..recorder import EpisodeRecorder
 
         self.setup()
         self.resume()

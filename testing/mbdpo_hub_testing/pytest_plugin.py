@@ -1,16 +1,16 @@
 """pytest plugin: a local Hugging Face Hub per test, and the ``realhub`` marker.
 
-Enable with ``pytest_plugins = ["mbdpo_hub.testing.pytest_plugin"]`` in a conftest.py, or ``-p
-mbdpo_hub.testing.pytest_plugin`` on the command line.
+Enable with ``pytest_plugins = ["mbdpo_hub_testing.pytest_plugin"]`` in a conftest.py, or ``-p
+mbdpo_hub_testing.pytest_plugin`` on the command line.
 
 Fixtures
 --------
 ``local_hub`` (function scope)
-    A fresh :class:`~mbdpo_hub.testing.hub_server.LocalHub` (repos stored under the test's ``tmp_path``), with the
+    A fresh :class:`~mbdpo_hub_testing.hub_server.LocalHub` (repos stored under the test's ``tmp_path``), with the
     environment pointed at it for the duration of the test: ``HF_ENDPOINT=<hub.url>``, ``HF_HUB_DISABLE_XET=1``,
     ``HF_HUB_DISABLE_TELEMETRY=1``, ``HF_TOKEN=<dummy>``, ``HF_HOME``/``HF_HUB_CACHE``/``HF_DATASETS_CACHE`` in a
     per-test temp dir, ``HF_HUB_OFFLINE`` unset; import-time constants of huggingface_hub / datasets / transformers
-    are patched accordingly (see :mod:`mbdpo_hub.testing.hf_env`). Yields a :class:`LocalHubFixture` with ``url``,
+    are patched accordingly (see :mod:`mbdpo_hub_testing.hf_env`). Yields a :class:`LocalHubFixture` with ``url``,
     ``root``, ``hf_home``, ``api`` (an ``HfApi`` bound to the hub), ``env`` (the variables set, e.g. for
     subprocesses), ``new_cache()`` (switch to a fresh empty cache), ``offline_env()`` (env for an offline subprocess
     reading the current cache), and the hub's ``inject_commit_failure`` / ``request_log``.

@@ -1,6 +1,6 @@
 """Testing helpers: a local Hugging Face Hub server, env patching, and a pytest plugin.
 
-``mbdpo_hub.testing.pytest_plugin`` (fixtures ``local_hub`` / ``local_hub_server``, marker ``realhub``) is not
+``mbdpo_hub_testing.pytest_plugin`` (fixtures ``local_hub`` / ``local_hub_server``, marker ``realhub``) is not
 imported here so that this package does not require pytest.
 """
 

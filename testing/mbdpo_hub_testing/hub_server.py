@@ -19,9 +19,9 @@ with an in-process lock plus an ``fcntl`` lock file where available).
 
 Usage::
 
-    python -m mbdpo_hub.testing.hub_server --port 0 --root /tmp/hub     # prints the URL
+    python -m mbdpo_hub_testing.hub_server --port 0 --root /tmp/hub     # prints the URL
 
-    from mbdpo_hub.testing.hub_server import start_local_hub
+    from mbdpo_hub_testing.hub_server import start_local_hub
     with start_local_hub("/tmp/hub") as hub:
         os.environ["HF_ENDPOINT"] = hub.url
 """
@@ -1203,7 +1203,7 @@ def start_local_hub(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mbdpo_hub.testing.hub_server",
+        prog="python -m mbdpo_hub_testing.hub_server",
         description="Serve a local Hugging Face Hub (models + datasets) for tests and air-gapped use. "
         "Clients: HF_ENDPOINT=<printed url> HF_HUB_DISABLE_XET=1 HF_TOKEN=<anything>.",
     )
