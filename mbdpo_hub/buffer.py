@@ -8,14 +8,10 @@ Layout (same as the official TD-MPC2 online trainer): an episode of ``T`` agent 
 * entry ``t >= 1`` holds ``(obs_t, a_{t-1}, r_{t-1}, terminated_t)``: the transition *into* ``obs_t``.
 
 Storage
-    One preallocated tensor per field with ``capacity`` entries (on ``device``, CPU by default).  Episodes are
-    written contiguously (an episode never wraps around the end of the storage), which makes every
-    ``(H+1)``-entry window a contiguous index range.  The storage is a **ring over entries with whole-episode
-    eviction**: the write head advances episode by episode; when the next episode does not fit before the end
-    of the storage the tail is abandoned and the head wraps to 0.  Every episode that the new write overlaps
-    (and, on wrap, every episode in the abandoned tail) is evicted.  Because episodes lie in the storage in
-    insertion order, the evicted episodes are always the *oldest* ones (strict FIFO).  At most one episode
-    length of entries is wasted at the tail.
+    One preallocated tensor per field with ``capacity`` entries (on ``device``).  Episodes are written
+    contiguously, so every ``(H+1)``-entry window is a contiguous index range.  A **ring over entries with
+    whole-episode eviction**: when the next episode does not fit before the end, the tail is abandoned and the
+    head wraps to 0; overlapped episodes are evicted, always the *oldest* ones (strict FIFO).
 
 Short episodes
     An episode with fewer than ``horizon + 1`` entries is **stored but never sampled** (it has no valid
@@ -23,11 +19,9 @@ Short episodes
     than ``capacity`` entries is rejected.
 
 Sampling
-    ``sample()`` draws ``B`` windows uniformly over all valid start positions (``len_e - H`` starts for an
-    episode of ``len_e`` entries), i.e. every valid ``(H+1)``-entry sub-trajectory is equally likely.  The
-    episode of each draw is found with ``searchsorted`` over the cumulative window counts, and the whole batch
-    is fetched with one advanced-indexing gather per field on an ``(H+1, B)`` index matrix (no Python loop over
-    the batch).  Returned: ``obs (H+1,B,O)``, ``action (H,B,A)``, ``reward (H,B,1)``, ``terminated (H,B,1)``
+    ``sample()`` draws ``B`` windows uniformly over all valid start positions (every valid ``(H+1)``-entry
+    sub-trajectory is equally likely): ``searchsorted`` over the cumulative window counts, then one gather per
+    field on an ``(H+1, B)`` index matrix (no Python loop over the batch).  Returned: ``obs (H+1,B,O)``, ``action (H,B,A)``, ``reward (H,B,1)``, ``terminated (H,B,1)``
     (float32) and ``task (B,)`` int64; ``action[t]``/``reward[t]``/``terminated[t]`` come from entry
     ``start + 1 + t``.
 
@@ -37,8 +31,8 @@ Persistence
     ``os.replace`` (atomic), plus a human-readable JSON sidecar.  ``load(path)`` restores into an existing
     buffer (the obs/action dims must match; capacity may differ: the newest episodes that fit are kept).
 
-``mbdpo_hub.recorder.EpisodeRecorder`` builds episodes in this layout in the online loop.  ``sample_mixed`` concatenates batches from several buffers
-(e.g. offline + online data for offline-to-online fine-tuning).
+``mbdpo_hub.recorder.EpisodeRecorder`` builds episodes in this layout.  ``sample_mixed`` concatenates batches from
+several buffers (offline + online data for offline-to-online fine-tuning).
 """
 
 from __future__ import annotations
@@ -135,9 +129,8 @@ class ReplayBuffer:
         return int(sum(max(0, n - self.horizon) for _, n, _ in self._episodes))
 
     def __repr__(self) -> str:
-        return (f"ReplayBuffer(capacity={self.capacity}, obs_dim={self.obs_dim}, action_dim={self.action_dim}, "
-                f"horizon={self.horizon}, batch_size={self.batch_size}, device={str(self.device)!r}, "
-                f"episodes={self.num_episodes}, steps={self.num_steps})")
+        keys = ("capacity", "obs_dim", "action_dim", "horizon", "batch_size", "num_episodes", "num_steps")
+        return f"ReplayBuffer({', '.join(f'{k}={getattr(self, k)}' for k in keys)}, device={str(self.device)!r})"
 
     # ------------------------------------------------------------------ adding
     def _validate_episode_arrays(self, obs, action, reward, terminated, lengths_total: int | None = None):
@@ -178,11 +171,6 @@ class ReplayBuffer:
         """
         obs_t, act_t, rew_t, term_t = self._validate_episode_arrays(obs, action, reward, terminated)
         self.add_episodes_from_arrays(obs_t, act_t, rew_t, term_t, episode_lengths=[obs_t.shape[0]], tasks=task)
-
-    def add_recorded(self, episode: dict, task: int | None = None) -> None:
-        """Add a dict from ``EpisodeRecorder.finish()`` / ``finish_episodes()`` (ignores extra keys)."""
-        t = episode.get("task", 0) if task is None else task
-        self.add_episode(episode["obs"], episode["action"], episode["reward"], episode.get("terminated"), task=int(t))
 
     def add_episodes_from_arrays(self, obs, action, reward, terminated=None, episode_lengths=None, tasks=0) -> None:
         """Bulk-add many episodes (offline data).
@@ -505,11 +493,7 @@ def sample_mixed(buffers: Sequence[ReplayBuffer], ratios: Sequence[float], batch
                              f" vs {(b.obs_dim, b.action_dim, b.horizon)}")
     counts = _split_batch(int(batch_size), ratios)
     parts = [b.sample(c, generator) for b, c in zip(buffers, counts) if c > 0]
-    out = {}
-    for k in parts[0]:
-        dim = 0 if k == "task" else 1
-        out[k] = torch.cat([p[k].to(b0.device) for p in parts], dim=dim)
-    return out
+    return {k: torch.cat([p[k].to(b0.device) for p in parts], dim=0 if k == "task" else 1) for k in parts[0]}
 
 
 __all__ = ["ReplayBuffer", "sample_mixed"]

@@ -257,7 +257,7 @@ def test_episode_recorder_single_and_batched():
     assert eps[1]["terminated"].tolist() == [False, False, True]
     assert eps[2]["reward"].tolist() == [0, 3, 4, 5, 6]
     for i, e in enumerate(eps):
-        buf.add_recorded(e, task=i)
+        buf.add_episode(**e, task=i)
     assert buf.num_episodes == 4
     with pytest.raises(ValueError, match="shape"):
         vrec.start(np.zeros(O))
