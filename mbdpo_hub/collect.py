@@ -19,14 +19,13 @@ task's online run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .training import MODEL_FIELDS, RUN_FIELDS, OnlineTrainer, load_run_config, read_config_layers
+from .training import RUN_FIELDS, OnlineTrainer, load_dataclass_config, load_run_config
 from .utils import atomic_write_text
 
 # RunConfig fields that collect sets itself for each task
@@ -43,10 +42,12 @@ class CollectConfig:
     push_to_hub: bool = False  # push the dataset folder at the end
     hub_repo_id: str | None = None  # dataset repo id
     keep_runs: bool = True  # keep the per-task run folders (models, csvs) after their data is in the dataset
-    run: dict[str, Any] = field(default_factory=dict)  # RunConfig / MBDPOConfig fields for every task's run
+    run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields for every task's run
+    model: dict[str, Any] = field(default_factory=dict)  # MBDPOConfig fields for every task's run
 
     def run_config(self, task: str):
         over = dict(self.run)
+        over["model"] = {**(over.get("model") or {}), **self.model}
         over.update(task=task, steps=int(self.steps_per_task), output_dir=str(Path(self.output_dir) / task),
                     push_to_hub=False)
         return load_run_config(None, over)
@@ -70,32 +71,14 @@ class CollectConfig:
             self.run_config(t)
 
 
-COLLECT_FIELDS = {f.name for f in dataclasses.fields(CollectConfig)} - {"run"}
-
-
 def load_collect_config(path: str | os.PathLike | None = None, overrides: list[str] | dict | None = None
                         ) -> CollectConfig:
-    merged, model = read_config_layers(path, overrides)
-    run = dict(merged.pop("run", None) or {})
-    kw: dict[str, Any] = {}
-    for key, value in merged.items():
-        if key in COLLECT_FIELDS:
-            kw[key] = value
-        elif key in _PER_TASK:
-            raise ValueError(f"{key!r} is set per task by collect (use tasks=, steps_per_task=, output_dir=, "
-                             f"hub_repo_id= for the dataset)")
-        elif key in RUN_FIELDS:
-            run[key] = value
-        elif key in MODEL_FIELDS:
-            model[key] = value
-        else:
-            raise ValueError(f"unknown config key {key!r}: not a collect field ({sorted(COLLECT_FIELDS)}), a run "
-                             f"field nor an MBDPOConfig field")
-    if model:
-        run["model"] = {**(run.get("model") or {}), **model}
-    cfg = CollectConfig(**kw, run=run)
-    cfg.validate()
-    return cfg
+    """A CollectConfig from a YAML file plus `key=value` overrides: RunConfig fields go to `run`, MBDPOConfig fields
+    to `model` (both applied to every task's run)."""
+    why = "is set per task by collect (use tasks=, steps_per_task=, output_dir=, hub_repo_id= for the dataset)"
+    return load_dataclass_config(CollectConfig, path, overrides, "collect",
+                                 routes={"run": RUN_FIELDS - _PER_TASK - {"model"}},
+                                 refused={k: why for k in _PER_TASK})
 
 
 def task_table(tasks: list[str], episode_length: int | None = None) -> list[dict]:

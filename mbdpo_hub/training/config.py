@@ -332,20 +332,31 @@ def read_config_layers(path: str | os.PathLike | None, overrides: list[str] | di
     return {**data, **over}, model
 
 
-def load_dataclass_config(cls, path: str | os.PathLike | None, overrides: list[str] | dict | None, kind: str):
-    """A config dataclass `cls` (with a `model` dict field and `validate()`) from a YAML file plus overrides."""
-    fields = {f.name for f in dataclasses.fields(cls)} - {"model"}
+def load_dataclass_config(cls, path: str | os.PathLike | None, overrides: list[str] | dict | None, kind: str,
+                          routes: dict[str, set[str]] | None = None, refused: dict[str, str] | None = None):
+    """A config dataclass `cls` (with a `model` dict field and `validate()`) from a YAML file plus overrides.
+
+    Keys that are `cls` fields go to it; MBDPOConfig fields go to `model`; `routes` sends other keys to other dict
+    fields of `cls` ({field: keys}, e.g. collect's per-task run fields); `refused` maps keys to the reason they are
+    not allowed here; anything else is an unknown key."""
+    routes = {**(routes or {}), "model": MODEL_FIELDS}  # earlier routes win (model_size is a run field too)
+    fields = {f.name for f in dataclasses.fields(cls)} - set(routes)
     merged, model = read_config_layers(path, overrides)
+    nested: dict[str, dict[str, Any]] = {name: dict(merged.pop(name, None) or {}) for name in routes
+                                        if name != "model"}
+    nested["model"] = model
     kwargs = {}
     for key, value in merged.items():
         if key in fields:
             kwargs[key] = value
-        elif key in MODEL_FIELDS:
-            model[key] = value
+        elif key in (refused or {}):
+            raise ValueError(f"{key!r} {refused[key]}")
+        elif (target := next((name for name, keys in routes.items() if key in keys), None)) is not None:
+            nested[target][key] = value
         else:
             raise ValueError(f"unknown config key {key!r}: not a {kind} field ({sorted(fields)}) nor an "
                              f"MBDPOConfig field")
-    cfg = cls(**kwargs, model=model)
+    cfg = cls(**kwargs, **nested)
     cfg.validate()
     return cfg
 
