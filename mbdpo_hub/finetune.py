@@ -14,8 +14,11 @@ The task's embedding row is chosen by `task_init` (`resolve_task_init`): ``own``
 ``source`` copies `source_task`'s row, ``nearest`` the row of the nearest task by `nearest_task` (the paper's O2O
 pairs first, e.g. walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the
 same domain, then the same dims; first in checkpoint order; else the mean of all rows), ``mean`` the mean of all rows;
-``auto`` (default) is ``source`` when `source_task` is given, else ``own`` for a known task and ``nearest`` for a new
-one. A given `source_task` is never ignored: it with any task_init but source/auto is an error.
+``fit`` starts from the nearest row, and the fine-tuning run then chooses the row (any task's, or the mean) with the
+lowest world-model loss on the task's first episode and fits it alone before any other update (`fit_task_row`).
+``auto`` (default) is ``source`` when `source_task` is given, else ``own`` for a known task and, in a fine-tuning run,
+``fit`` for a new one (``nearest`` for model surgery alone). A given `source_task` is never ignored: it with any
+task_init but source/auto is an error.
 
 * the task is already in the checkpoint: a copy of the model, its row kept (own) or re-initialised (the paper's O2O
   recipe: the target starts from the source task's row).
@@ -73,7 +76,10 @@ PAPER_SOURCE_TASKS: dict[str, str] = {
 #: `nearest` copies the nearest task's row (`nearest_task`); `mean` is the mean of all rows; `auto` is source when
 #: source_task is given, else own for a known task and nearest for a new one
 INITS = ("own", "source", "nearest", "mean")
-TASK_INITS = ("auto",) + INITS
+#: `fit` (the default for a new task in a fine-tuning run, `auto`): start from the nearest row, act zero-shot for
+#: the first episode without updating, then choose the row (any task's, or the mean) with the lowest world-model
+#: loss on that episode and fit it alone (`fit_task_row`) before the rest of the model moves
+TASK_INITS = ("auto", "fit") + INITS
 
 
 def resolve_task_init(task_init: str | None, source_task: str | None, known: bool) -> str:
@@ -85,6 +91,11 @@ def resolve_task_init(task_init: str | None, source_task: str | None, known: boo
         raise ValueError(f"source_task={source_task!r} is not a task name: use task_init={source_task} instead")
     if task_init == "auto":
         return "source" if source_task else ("own" if known else "nearest")
+    if task_init == "fit":  # model surgery as nearest / own; the row is then chosen and fitted on data
+        if source_task:
+            raise ValueError(f"source_task={source_task!r} is only used with task_init=source (or auto), but "
+                             "task_init=fit chooses the row itself: drop one of them")
+        return "own" if known else "nearest"
     if task_init == "source" and not source_task:
         raise ValueError("task_init=source needs source_task=<one of the checkpoint's tasks>")
     if source_task and task_init != "source":
@@ -389,10 +400,66 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def effective_task_init(cfg, source: MBDPODiffusionPolicy) -> str:
+    """`cfg.task_init`, with `auto` meaning `fit` for a new task of a multi-task checkpoint without a source_task."""
+    if (cfg.task_init == "auto" and not cfg.source_task and cfg.task not in source.config.tasks
+            and source.config.task_dim > 0):
+        return "fit"
+    return cfg.task_init
+
+
+def fit_task_row(learner, batches: list[dict], task_id: int, steps: int, lr: float) -> dict[str, Any]:
+    """Choose and fit one task's embedding row on that task's own data, the rest of the model fixed.
+
+    The row that starts the task is chosen among every other task's row, the mean of the rows and the current row,
+    by the world-model loss (consistency + reward + value, as in training) summed over `batches`; then the row alone
+    takes `steps` Adam steps (`lr`) on that loss. Returns the candidates' losses, the choice and the loss after.
+    Evaluation-mode networks (no dropout), so the comparison is deterministic given the batches."""
+    policy = learner.policy
+    emb = policy.world_model.task_embedding.weight
+    tasks = policy.config.tasks
+    was_training, needs_grad = policy.training, emb.requires_grad
+    policy.eval()
+
+    def loss(grad: bool = False) -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            return sum(learner.world_model_losses(b)[0] for b in batches) / len(batches)
+
+    with torch.no_grad():
+        others = [i for i in range(len(tasks)) if i != task_id]
+        candidates = {tasks[i]: emb[i].clone() for i in others}
+        candidates["mean"] = emb[others].mean(0)
+        candidates["start"] = emb[task_id].clone()
+        losses = {}
+        for name, row in candidates.items():
+            emb[task_id] = row
+            losses[name] = float(loss())
+        chosen = min(losses, key=losses.get)
+        emb[task_id] = candidates[chosen]
+    emb.requires_grad_(True)
+    optim = torch.optim.Adam([emb], lr=lr)
+    rows = torch.arange(emb.shape[0], device=emb.device) == task_id
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        total = learner.world_model_losses(batch)[0]
+        (grad,) = torch.autograd.grad(total, [emb])
+        emb.grad = grad * rows.unsqueeze(1).to(grad.dtype)  # only this task's row moves
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+    emb.requires_grad_(needs_grad)
+    after = float(loss())
+    policy.train(was_training)
+    return dict(candidates=losses, chosen=chosen, loss_chosen=losses[chosen], loss_after_fit=after, steps=steps,
+                lr=lr, batches=len(batches))
+
+
 def prepare_finetune_policy(cfg) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
     """Load `cfg.checkpoint` @ `cfg.revision`, adapt it to `cfg.task` and apply `cfg.model` overrides."""
     source = load_source_policy(cfg.checkpoint, cfg.revision)
-    policy, info = adapt_policy_to_task(source, cfg.task, source_task=cfg.source_task or None, init=cfg.task_init)
+    task_init = effective_task_init(cfg, source)
+    policy, info = adapt_policy_to_task(source, cfg.task, source_task=cfg.source_task or None, init=task_init)
+    if task_init == "fit":
+        info["init"] = "fit"
     apply_model_overrides(policy, cfg.model)
     if cfg.episode_length is not None and policy.config.horizon >= cfg.episode_length:
         raise ValueError(f"horizon={policy.config.horizon} is not shorter than episode_length={cfg.episode_length}")
@@ -435,8 +502,9 @@ def make_finetune_trainer(cfg, command: str | None = None):
     src = policy.finetune_source
     base_model = src["checkpoint"] if src["kind"] == "hub" else None
     base_revision = (src["commit"] or src["revision"]) if base_model else None
-    what = (f"added as task {info['task_id']} (embedding from "
-            f"{info['source_task'] or 'the mean of all rows'})" if info["added"] else
+    start = ("chosen and fitted on its first episode (task_init=fit)" if info.get("init") == "fit" else
+             f"from {info['source_task'] or 'the mean of all rows'}")
+    what = (f"added as task {info['task_id']} (embedding {start})" if info["added"] else
             f"replacing {info['replaced']}" if info["replaced"] else "already in the checkpoint")
     notes = (f"Fine-tuned ({cfg.mode}) from {src['checkpoint']}"
              f"{'@' + str(src['revision']) if src['revision'] else ''} on {cfg.task} ({what}).")
@@ -447,7 +515,25 @@ def make_finetune_trainer(cfg, command: str | None = None):
     card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes)
     from .training import OnlineTrainer
 
+    first_update_hook = None
+    if info.get("init") == "fit":
+        def first_update_hook(tr):
+            batches = [tr.buffer.sample() for _ in range(cfg.fit_batches)]
+            dev = tr.accelerator.device
+            batches = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()} for b in batches]
+            res = fit_task_row(tr.learner, batches, tr.task_id, cfg.fit_steps, cfg.fit_lr)
+            res.update(step=tr.step, episodes=tr.episode)
+            tr.task_fit = res
+            if tr.accelerator.is_main_process:
+                import json
+
+                from .utils import atomic_write_text
+
+                atomic_write_text(tr.out / "task_fit.json", json.dumps(res, indent=2))
+                tr.accelerator.print(f"task_init=fit: row of {cfg.task} from {res['chosen']} (world-model loss "
+                                     f"{res['loss_chosen']:.3f}), fitted for {res['steps']} steps -> "
+                                     f"{res['loss_after_fit']:.3f}")
     trainer = OnlineTrainer(cfg, policy_factory=policy_factory, offline_buffer=offline, card_extra=card_extra,
-                            command=command)
+                            command=command, first_update_hook=first_update_hook)
     trainer.adapt_info = info
     return trainer

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_mbdpo import MBDPODiffusionPolicy, soft_ce
+from .modeling_mbdpo import MBDPODiffusionPolicy, soft_ce, two_hot_inv
 
 # Parameter groups (TD-MPC2/MBDPO names). `pi` has its own optimiser.
 PARAM_GROUPS = ("encoder", "dynamics", "reward", "termination", "qs", "task_embedding", "energy", "score", "pi")
@@ -121,8 +121,11 @@ class MBDPOLearner:
             termination_loss = torch.zeros((), device=obs.device)
         total = (cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss
                  + cfg.value_coef * value_loss + cfg.termination_coef * termination_loss)
+        with torch.no_grad():  # diagnostics: the value the model believes in vs its bootstrapped target
+            q_mean = two_hot_inv(qs[:, 0].detach(), cfg).mean()
         metrics = dict(consistency_loss=consistency, reward_loss=reward_loss, value_loss=value_loss,
-                       termination_loss=termination_loss)
+                       termination_loss=termination_loss, q_mean=q_mean, td_target_mean=td_target[0].mean(),
+                       reward_mean=reward[0].mean())
         return total, metrics, zs
 
     def energy_loss(self, z: torch.Tensor, action: torch.Tensor, task) -> tuple[torch.Tensor, dict]:

@@ -505,3 +505,59 @@ def test_evaluation_leaves_training_warm_starts_alone(monkeypatch):
     res = training.evaluate(policy, "cartpole-balance", episodes=2, seed=0, episode_length=20)  # same batch size
     assert res["episodes"] == 2
     assert torch.equal(policy._prev_mean, before[0]) and torch.equal(policy._has_prev, before[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# task_init=fit: choose and fit the new task's row on its first episode
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _task_batches(policy, task_id, n=3, B=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg, H = policy.config, policy.config.horizon
+    out = []
+    for _ in range(n):
+        obs = torch.randn(H + 1, B, cfg.obs_dim, generator=g)
+        action = torch.rand(H, B, cfg.action_dim, generator=g) * 2 - 1
+        out.append(dict(obs=obs, action=action, reward=obs[:-1, :, :1].tanh() + 1, terminated=torch.zeros(H, B, 1),
+                        task=torch.full((B,), task_id, dtype=torch.long)))
+    return out
+
+
+def test_fit_task_row_chooses_the_best_candidate_and_moves_only_that_row():
+    from mbdpo_hub.learner import MBDPOLearner
+
+    src = tiny_two_task()
+    policy, info = adapt_policy_to_task(src, "cartpole-swingup", init="nearest")
+    learner = MBDPOLearner(policy)
+    tid = info["task_id"]
+    batches = _task_batches(policy, tid)
+    before = snapshot(policy)
+    res = ft.fit_task_row(learner, batches, tid, steps=30, lr=1e-2)
+    assert set(res["candidates"]) == {"cartpole-balance", "pendulum-swingup", "mean", "start"}
+    assert res["chosen"] == min(res["candidates"], key=res["candidates"].get)
+    assert res["loss_after_fit"] < res["loss_chosen"]  # fitting the row alone lowers the loss on the task's data
+    after = policy.state_dict()
+    for k, v in before.items():
+        if k == "world_model.task_embedding.weight":
+            assert torch.equal(after[k][:tid], v[:tid]) and not torch.equal(after[k][tid], v[tid])
+        else:
+            assert torch.equal(after[k], v), k  # nothing else moved
+
+
+@pytest.mark.slow
+def test_finetune_auto_fits_the_new_row_before_any_update(source_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=cartpole-swingup", "mode=online",
+                                         f"output_dir={out}", "fit_steps=5", "fit_batches=2", *RUN])
+    assert cfg.task_init == "auto"
+    trainer = make_finetune_trainer(cfg)
+    assert trainer.adapt_info["init"] == "fit"
+    trainer.run()
+    fit = json.loads((out / "task_fit.json").read_text())
+    assert fit["episodes"] == 1 and fit["steps"] == 5 and fit["chosen"] in fit["candidates"]
+    train = rows(out / "train.csv")
+    assert train[0]["reward_loss"] == ""  # the first episode is acted zero-shot: no update before the fit
+    assert train[1]["reward_loss"] != "" and train[1]["q_mean"] != ""
+    assert "chosen and fitted on its first episode" in (out / "README.md").read_text()

@@ -111,11 +111,14 @@ class FinetuneConfig(RunConfig):
     mode: str = "online"  # "online" | "offline-to-online"
     checkpoint: str | None = None  # folder | Hub id | official .pt/.pt.xz | None: the embedded default
     revision: str | None = None
-    task_init: str = "auto"  # auto | own | source | nearest | mean | fit (mbdpo_hub.finetune.TASK_INITS)
+    task_init: str = "auto"  # auto | fit | own | source | nearest | mean (mbdpo_hub.finetune.TASK_INITS)
     source_task: str | None = None  # the checkpoint task whose embedding row starts the task (task_init=source)
     offline_dataset: str | None = None  # offline-to-online: folder or Hub dataset id (default: the pretraining set)
     offline_ratio: float = 0.5
     eval_old_tasks: list[str] = field(default_factory=list)  # checkpoint tasks evaluated beside the new one
+    fit_steps: int = 200  # task_init=fit: Adam steps on the task's embedding row alone
+    fit_lr: float = 3e-3
+    fit_batches: int = 8  # batches of the first episode(s) the row is chosen and fitted on
 
     is_finetune = True
 
@@ -130,6 +133,9 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"task_init must be one of {TASK_INITS}, got {self.task_init!r}")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
+        if self.fit_steps < 0 or self.fit_batches < 1 or self.fit_lr <= 0:
+            raise ValueError(f"need fit_steps >= 0, fit_batches >= 1 and fit_lr > 0, got {self.fit_steps}, "
+                             f"{self.fit_batches}, {self.fit_lr}")
 
 
 @dataclass

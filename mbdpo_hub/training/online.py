@@ -37,14 +37,17 @@ class OnlineTrainer(RunFolder):
 
     `policy_factory(cfg) -> MBDPODiffusionPolicy` builds the initial model (default: a fresh `model_size` preset);
     `offline_buffer` (a ReplayBuffer) is mixed into every batch at `offline_ratio` in offline-to-online mode;
-    `card_extra` (base_model, base_revision, notes) goes to the model card.
+    `card_extra` (base_model, base_revision, notes) goes to the model card; `first_update_hook(trainer)` runs once
+    when the first update is due and the task's first episode is stored (fine-tuning's task_init=fit).
     """
 
     csv_files = ("train.csv", "eval.csv", "eval_old_tasks.csv")
 
     def __init__(self, cfg: RunConfig, policy_factory: Callable[[RunConfig], MBDPODiffusionPolicy] | None = None,
-                 offline_buffer=None, card_extra: dict | None = None, command: str | None = None):
+                 offline_buffer=None, card_extra: dict | None = None, command: str | None = None,
+                 first_update_hook: Callable[["OnlineTrainer"], None] | None = None):
         super().__init__(cfg, command)
+        self.first_update_hook = first_update_hook  # runs once, on the task's own first episode, before any update
         self.policy_factory = policy_factory or (
             lambda c: MBDPODiffusionPolicy(MBDPOConfig.from_preset(c.model_size, c.task, **c.model)))
         self.offline_buffer = offline_buffer
@@ -120,6 +123,10 @@ class OnlineTrainer(RunFolder):
         """The updates due after this environment step: TD-MPC2's burst at the end of the seed phase, then `utd`."""
         if self.step < self.seed_steps or not (self.buffer.num_windows > 0 or self.mixing_offline):
             return
+        if not self.burst_done and self.first_update_hook is not None:
+            if self.buffer.num_windows == 0:  # the hook needs this task's own data: no update before it
+                return
+            self.first_update_hook(self)
         if not self.burst_done:
             self.burst_done = True
             n = self.seed_updates if self.seed_steps > 0 else 0

@@ -22,7 +22,8 @@ from .config import dump_config
 
 #: columns of train.csv (a fixed set, so rows before the first update line up with later ones)
 TRAIN_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "termination_loss", "energy_loss",
-                 "energy_accuracy", "score_loss", "pi_loss", "pi_entropy", "pi_scale", "grad_norm")
+                 "energy_accuracy", "score_loss", "pi_loss", "pi_entropy", "pi_scale", "grad_norm", "q_mean",
+                 "td_target_mean", "reward_mean")
 
 
 class RunFolder:
