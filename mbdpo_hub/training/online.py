@@ -192,6 +192,9 @@ class OnlineTrainer(RunFolder):
         episodes = [EpisodeRecorder(O, A) for _ in range(N)]
         for i, rec in enumerate(episodes):
             rec.start(pad_to(obs[i].astype(np.float32), O))
+        if cfg.is_finetune and self.step == 0 and cfg.eval_freq > 0:
+            self.zero_shot = self.run_eval()  # the adapted checkpoint's return: what fine-tuning must improve on
+            self.next_eval = cfg.eval_freq
         bar = self.progress_bar()
         t_last = time.perf_counter()
         while self.step < cfg.steps:
@@ -222,6 +225,19 @@ class OnlineTrainer(RunFolder):
         results = self.write_outputs(self.run_eval())
         self.accelerator.end_training()
         return results
+
+    def zero_shot_return(self) -> tuple[float, float] | None:
+        """(mean, std) of the step-0 evaluation in eval.csv (fine-tuning runs), or None."""
+        import csv
+
+        path = self.out / "eval.csv"
+        if not path.exists():
+            return None
+        with path.open() as f:
+            first = next(iter(csv.DictReader(f)), None)
+        if first is None or int(float(first["step"])) != 0:
+            return None
+        return float(first["mean_return"]), float(first["std_return"])
 
     def progress_bar(self):
         if not (self.cfg.progress and self.accelerator.is_main_process):
@@ -255,12 +271,19 @@ class OnlineTrainer(RunFolder):
             base_model=self.card_extra.get("base_model"), base_revision=self.card_extra.get("base_revision"),
             command=self.command, train_config_yaml=dump_config(cfg), curve_path=curve.name if curve else None,
             video_path=Path(video).name if video else None, notes=self.card_extra.get("notes"))
+        zero = self.zero_shot_return()
         self.write_final(dict(results=results, normalized_score=score, env_steps=self.step, elapsed_s=self.elapsed,
-                              updates=self.learner.num_updates), card)
+                              updates=self.learner.num_updates,
+                              zero_shot_return=None if zero is None else dict(mean_return=zero[0], std_return=zero[1])),
+                         card)
         if cfg.push_to_hub:
             self.push(card, [self.out / n for n in ("train_config.yaml", "eval_results.json", "eval.csv",
                                                     "train.csv")] + [curve, video],
                       message=f"{getattr(cfg, 'mode', 'scratch')} {cfg.task} {self.step} steps")
+        zero = self.zero_shot_return()
+        if zero is not None:
+            print(f"zero-shot return {zero[0]:.1f} +/- {zero[1]:.1f} -> final return {final_eval['mean_return']:.1f} "
+                  f"+/- {final_eval['std_return']:.1f} ({final_eval['episodes']} episodes each)")
         print(f"done: {cfg.task} mean return {final_eval['mean_return']:.1f} +/- {final_eval['std_return']:.1f} "
               f"after {self.step} env steps ({self.elapsed / 60:.1f} min)\n"
               f"  model: {self.out}/model.safetensors (MBDPODiffusionPolicy.from_pretrained('{self.out}'))\n"
