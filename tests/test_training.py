@@ -151,3 +151,48 @@ def test_finished_run_extends_with_more_steps(tmp_path, capsys):
     assert [int(r["step"]) for r in _rows(out / "eval.csv")] == [100, 200, 300]  # one evaluation per point
     assert [int(r["step"]) for r in _rows(out / "train.csv")] == [100, 200, 300]
     assert json.loads((out / "eval_results.json").read_text())["env_steps"] == 300
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a run folder is one run's: conflicting commands are refused before anything is written; one process at a time
+# ---------------------------------------------------------------------------------------------------------------------
+
+FAST = ["steps=200", "save_video=false", "eval_freq=0", "eval_episodes=1", "log_with=none", "progress=false",
+        "checkpoint_freq=100"]
+
+
+def _tree(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.slow
+def test_used_output_dir_refuses_another_run_and_keeps_it(tmp_path):
+    out = tmp_path / "run"
+    OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST])).run()
+    assert json.loads((out / "run.json").read_text())["task"] == "cartpole-balance"
+    before = _tree(out)
+    # another task of the same shapes, a bad model config, resume=false: all refused, nothing written
+    for extra, match in ((["task=cartpole-swingup"], "holds another run .*task: 'cartpole-balance' there"),
+                         (["resume=false"], "resume=false would mix two runs"),
+                         (["latent_dim=33"], "latent_dim")):
+        with pytest.raises(ValueError, match=match):
+            OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST, *extra])).run()
+        assert _tree(out) == before, extra
+    # the same command extends it; overwrite=true moves the old run aside (nothing deleted)
+    OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST, "task=cartpole-swingup", "overwrite=true"])).run()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and _tree(aside[0]) == before
+    assert json.loads((out / "run.json").read_text())["task"] == "cartpole-swingup"
+
+
+def test_second_process_on_one_output_dir_is_refused(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".lock")):  # another process holds the folder
+        with pytest.raises(RuntimeError, match="another process is running in output_dir"):
+            OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST])).run()

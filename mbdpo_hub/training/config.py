@@ -58,6 +58,7 @@ class RunConfig:
     mixed_precision: str = "no"  # "no" | "bf16"
     log_with: str | None = "tensorboard"
     resume: bool = True
+    overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh
     progress: bool = True
     push_to_hub: bool = False
     hub_repo_id: str | None = None
@@ -67,6 +68,8 @@ class RunConfig:
 
     #: a fine-tuning run plans from its first step (no random seed phase)
     is_finetune = False
+    #: what a run folder is a run of: the same output_dir refuses a command that differs in these
+    identity_fields = ("task", "model_size")
 
     def validate(self) -> None:
         from ..envs.tasks import check_task_name, task_spec
@@ -94,6 +97,8 @@ class RunConfig:
         bad_model = set(self.model) - MODEL_FIELDS
         if bad_model:
             raise ValueError(f"unknown model fields {sorted(bad_model)}")
+        if not self.is_finetune:  # the model this run would build must be valid before anything runs
+            build_model_config(self.model_size, self.task, self.model)
         if self.push_to_hub and not self.hub_repo_id:
             raise ValueError("push_to_hub=true needs hub_repo_id=org/name")
         from ..learner import PARAM_GROUPS
@@ -121,6 +126,7 @@ class FinetuneConfig(RunConfig):
     fit_batches: int = 8  # batches of the first episode(s) the row is chosen and fitted on
 
     is_finetune = True
+    identity_fields = ("task", "mode", "checkpoint", "revision", "task_init", "source_task")
 
     def validate(self) -> None:
         super().validate()
@@ -162,6 +168,7 @@ class PretrainConfig:
     mixed_precision: str = "no"  # "no" | "bf16"
     log_with: str | None = None  # an accelerate tracker (tensorboard, wandb, ...), or none
     resume: bool = True
+    overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh
     progress: bool = True
     push_to_hub: bool = False
     hub_repo_id: str | None = None
@@ -170,6 +177,8 @@ class PretrainConfig:
     notes: str | None = None
     write_state_hash: bool = False  # every process writes state_hash_rank{i}.txt at the end (consistency tests)
     model: dict[str, Any] = field(default_factory=dict)
+
+    identity_fields = ("dataset", "dataset_revision", "tasks", "model_size", "model_config")
 
     def validate(self) -> None:
         if self.notes is not None and not isinstance(self.notes, str):
@@ -194,6 +203,19 @@ class PretrainConfig:
         bad_model = set(self.model) - MODEL_FIELDS
         if bad_model:
             raise ValueError(f"unknown model fields {sorted(bad_model)}")
+
+
+def build_model_config(model_size: int, task: str, model: dict) -> MBDPOConfig:
+    """The preset config with `model` overrides, its validation errors as one-line ValueErrors."""
+    try:
+        return MBDPOConfig.from_preset(model_size, task, **model)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model config: {e}") from e
+    except Exception as e:  # noqa: BLE001 - huggingface_hub's strict-dataclass validation errors
+        if type(e).__name__.startswith("StrictDataclass"):
+            cause = e.__cause__ or e
+            raise ValueError(f"model config: {cause}") from e
+        raise
 
 
 def check_mixed_precision(cfg) -> None:

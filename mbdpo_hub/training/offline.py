@@ -342,6 +342,12 @@ class OfflinePretrainer(RunFolder):
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.unlock_folder()
+
+    def _run(self) -> dict:
         self.setup()
         cfg, acc = self.cfg, self.accelerator
         bar = None

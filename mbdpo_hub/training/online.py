@@ -183,6 +183,12 @@ class OnlineTrainer(RunFolder):
 
     # --- the loop ------------------------------------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.unlock_folder()
+
+    def _run(self) -> dict:
         from ..recorder import EpisodeRecorder
 
         self.setup()

@@ -39,6 +39,74 @@ class RunFolder:
         self.out = Path(cfg.output_dir)
         self.ckpt_root = self.out / "checkpoints"
 
+    # --- what the folder holds ------------------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What this run is (`run.json`): the config's identity fields and its architecture overrides."""
+        from ..configuration_mbdpo import MBDPOConfig
+
+        cfg = self.cfg
+        ident = {k: getattr(cfg, k) for k in cfg.identity_fields}
+        ident.update({k: v for k, v in sorted(cfg.model.items()) if k in MBDPOConfig.ARCHITECTURE_FIELDS})
+        return dict(kind=type(self).__name__, **ident)
+
+    def check_folder(self) -> None:
+        """Refuse (before anything is written) a command that does not continue the run already in output_dir: a
+        different run (`run.json`, or a legacy folder's config file), or resume=false over existing checkpoints.
+        With overwrite=true the old folder is moved aside to `<dir>.old-<time>` (nothing is deleted)."""
+        out, cfg = self.out, self.cfg
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output_dir {out} is a file, not a folder: choose another output_dir")
+        if not out.is_dir() or not any(p.name != ".lock" for p in out.iterdir()):
+            return
+        problem = None
+        ident = self.identity()
+        if (out / "run.json").is_file():
+            old = json.loads((out / "run.json").read_text())
+            diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+            diff.update({k: (v, None) for k, v in old.items() if k not in ident})
+            if diff:
+                problem = "holds another run (" + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b)
+                                                          in sorted(diff.items())) + ")"
+        elif (out / self.config_file).is_file():  # a run folder written before run.json existed
+            import yaml
+
+            old = yaml.safe_load((out / self.config_file).read_text()) or {}
+            diff = [k for k in ident if k != "kind" and k in old and old[k] != ident[k]]
+            if diff:
+                problem = "holds another run (" + ", ".join(f"{k}: {old[k]!r} there, {ident[k]!r} now"
+                                                          for k in diff) + ")"
+        else:
+            problem = "is not empty and holds no run of this kind"
+        if problem is None and not cfg.resume and latest_checkpoint(self.ckpt_root) is not None:
+            problem = "has checkpoints and resume=false would mix two runs in it"
+        if problem is None:
+            return
+        if not cfg.overwrite:
+            raise ValueError(f"output_dir {out} {problem}: use another output_dir, or overwrite=true to move the "
+                             f"old folder aside and start fresh")
+        import time as _time
+
+        aside = out.with_name(f"{out.name}.old-{_time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        self.accelerator.print(f"overwrite=true: moved the old {out} to {aside}")
+
+    def lock_folder(self) -> None:
+        """An exclusive lock on output_dir for the whole run: a second process on the same folder gets an error."""
+        from filelock import FileLock, Timeout
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.out / ".lock"))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise RuntimeError(f"another process is running in output_dir {self.out} (it holds {self.out}/.lock): "
+                               "wait for it to finish or use another output_dir") from None
+
+    def unlock_folder(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
     # --- set-up ----------------------------------------------------------------------------------------------------
     def init_accelerator(self):
         """The Accelerator (CPU unless CUDA is there) with the run's tracker. bf16 is the learner's own autocast
@@ -58,10 +126,12 @@ class RunFolder:
         return self.accelerator
 
     def start_folder(self) -> None:
-        """Create the folder, write the config file and start the trackers (main process)."""
+        """Check the folder is this run's (or new), lock it, write run.json and the config file, start trackers."""
         acc = self.accelerator
+        self.check_folder()
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock_folder()
+            atomic_write_text(self.out / "run.json", json.dumps(self.identity(), indent=2))
             atomic_write_text(self.out / self.config_file, dump_config(self.cfg))
         if self.log_with is not None:
             acc.init_trackers("mbdpo", config={k: v for k, v in dataclasses.asdict(self.cfg).items()
@@ -114,6 +184,7 @@ class RunFolder:
 
     def resume(self) -> Path | None:
         """Load the latest checkpoint (when `cfg.resume`) and cut the logs back to it; returns its path or None."""
+        self.check_folder()  # never resume someone else's run
         ckpt = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
         if ckpt is not None:
             self.restore_state(read_checkpoint(ckpt, self.policy, self.learner), ckpt)
