@@ -135,8 +135,10 @@ def test_broken_cards_fail_validation(tmp_path):
             validate_card(text, kind="model")
     no_index = ModelCard(good)
     no_index.data.eval_results = None
-    with pytest.raises(ValueError, match="model-index"):
-        validate_card(no_index)
+    assert "model-index" not in validate_card(no_index)  # a model with no evaluation yet is a valid card
+    bad_index = good.replace("type: mean_reward", "type: other")
+    with pytest.raises(ValueError, match="model-index has no 'mean_reward'"):
+        validate_card(bad_index, kind="model")
     # a path works too
     p = tmp_path / "README.md"
     p.write_text(good)
@@ -150,8 +152,9 @@ def test_build_model_card_rejects_bad_input():
     with pytest.raises(ValueError, match="finite"):
         build_model_card(repo_id="org/x", config_dict=cfg,
                          eval_results={"walker-walk": {"mean_return": float("nan"), "std_return": 1.0}})
-    with pytest.raises(ValueError, match="non-empty"):
-        build_model_card(repo_id="org/x", config_dict=cfg, eval_results={})
+    assert "No evaluation results yet." in str(build_model_card(repo_id="org/x", config_dict=cfg, eval_results={}))
+    with pytest.raises(ValueError, match="must be a dict"):
+        build_model_card(repo_id="org/x", config_dict=cfg, eval_results=[1])
     with pytest.raises(ValueError, match="repo_id"):
         build_model_card(repo_id="no-namespace", config_dict=cfg, eval_results=EVAL)
     with pytest.raises(ValueError, match="curve_path"):
@@ -343,3 +346,17 @@ def test_card_templates_ship_inside_the_package():
     for name in (MODEL_TEMPLATE, DATASET_TEMPLATE):
         assert (pkg_dir / name).is_file()
         assert find_template(name).read_text() == (pkg_dir / name).read_text()
+
+
+def test_policy_push_to_hub_takes_transformers_arguments_and_no_results(local_hub, tiny):
+    from mbdpo_hub import MBDPODiffusionPolicy
+
+    policy = MBDPODiffusionPolicy(tiny())  # untrained: no evaluation results yet
+    policy.push_to_hub("org/fresh", tags=["my-tag"], max_shard_size="50MB", commit_description="first")
+    readme = Path(hf_hub_download("org/fresh", "README.md")).read_text()
+    assert "library_name: mbdpo-hub" in readme and "my-tag" in readme and "No evaluation results yet." in readme
+    assert "model-index:" not in readme.split("---")[1]  # no results in the metadata
+    with pytest.raises(ValueError, match="safe_serialization=False is refused"):
+        policy.push_to_hub("org/fresh", safe_serialization=False)
+    with pytest.raises(Exception, match="Pull requests"):  # reaches the Hub call (the local hub has no PRs)
+        policy.push_to_hub("org/fresh", create_pr=True)

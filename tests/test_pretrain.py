@@ -62,7 +62,7 @@ def test_collect_config_loading():
     from mbdpo_hub.collect import load_collect_config
 
     cfg = load_collect_config(COLLECT_YAML, ["tasks=[cartpole-balance,reacher-easy]", "steps_per_task=300",
-                                             "utd=0.5", "num_samples=16"])
+                                             "utd=0.5", "num_samples=16", "num_elites=4", "num_pi_trajs=4"])
     rc = cfg.run_config("reacher-easy")
     assert rc.task == "reacher-easy" and rc.steps == 300 and rc.utd == 0.5 and rc.model["num_samples"] == 16
     assert rc.output_dir.endswith("reacher-easy")

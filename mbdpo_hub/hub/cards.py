@@ -122,8 +122,10 @@ def _check_relative(path: str | None, what: str) -> str | None:
 
 
 def _normalize_eval_results(eval_results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    if not isinstance(eval_results, Mapping) or not eval_results:
-        raise ValueError("eval_results must be a non-empty dict {task: {'mean_return': ..., 'std_return': ...}}")
+    if eval_results is None or (isinstance(eval_results, Mapping) and not eval_results):
+        return {}  # a model with no evaluation yet: a card without results
+    if not isinstance(eval_results, Mapping):
+        raise ValueError("eval_results must be a dict {task: {'mean_return': ..., 'std_return': ...}}")
     out: dict[str, dict[str, Any]] = {}
     for task, res in eval_results.items():
         if not isinstance(task, str) or not task.strip():
@@ -194,6 +196,8 @@ def _fmt(x: Any, nd: int = 2) -> str:
 
 
 def _results_table(results: dict[str, dict[str, Any]], normalized_score: float | None) -> str:
+    if not results:
+        return "No evaluation results yet."
     has_norm = any(r.get("normalized_score") is not None for r in results.values())
     has_eps = any(r.get("episodes") is not None for r in results.values())
     extra_keys: list[str] = []
@@ -274,7 +278,7 @@ def build_model_card(
     *,
     repo_id: str,
     config_dict: Mapping[str, Any],
-    eval_results: Mapping[str, Mapping[str, Any]],
+    eval_results: Mapping[str, Mapping[str, Any]] | None = None,
     normalized_score: float | None = None,
     base_model: str | None = None,
     base_revision: str | None = None,
@@ -341,7 +345,7 @@ def build_model_card(
         datasets=datasets_l,
         base_model=base_model,
         model_name=model_name,
-        eval_results=_eval_result_objects(results, normalized_score),
+        eval_results=_eval_result_objects(results, normalized_score) or None,
     )
     architectures = cfg.get("architectures")
     template = Path(template_path) if template_path is not None else find_template(MODEL_TEMPLATE)
@@ -455,6 +459,8 @@ def validate_card(card: RepoCard | str | os.PathLike, kind: str | None = None) -
     if missing:
         raise ValueError(f"card metadata: tags missing {missing}")
     model_index = data.get("model-index")
+    if model_index is None:
+        return data  # a model with no evaluation results yet
     if not isinstance(model_index, list) or not model_index:
         raise ValueError("card metadata: missing 'model-index' (per-task evaluation results)")
     results = model_index[0].get("results") if isinstance(model_index[0], dict) else None

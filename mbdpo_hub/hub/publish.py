@@ -105,6 +105,7 @@ def push_pretrained(
     token: str | bool | None = None,
     validate: bool = True,
     max_shard_size: str | int | None = None,
+    create_pr: bool = False,
 ) -> CommitInfo:
     """Save ``model`` (any ``transformers.PreTrainedModel``) and push it with ``card`` as README.md in ONE commit.
 
@@ -162,6 +163,7 @@ def push_pretrained(
             revision=branch,
             commit_message=commit_message,
             commit_description=commit_description,
+            create_pr=create_pr,
         )
     if tag is not None:
         _tag_commit(api, repo_id, tag, info.oid, tag_message, "model")
@@ -171,16 +173,26 @@ def push_pretrained(
 def push_policy(model: Any, repo_id: str, *, card: RepoCard | str | None = None,
                 eval_results: dict | None = None, normalized_score: float | None = None,
                 extra_files: Mapping[str, str | os.PathLike] | None = None, revision: str | None = None,
-                tag: str | None = None, commit_message: str = "Upload MBDPO checkpoint", private: bool = False,
-                token: str | bool | None = None, **card_kwargs: Any) -> CommitInfo:
-    """`MBDPODiffusionPolicy.push_to_hub`: build our model card (unless `card` is given) and push in one commit."""
+                tag: str | None = None, commit_message: str = "Upload MBDPO checkpoint",
+                commit_description: str | None = None, private: bool = False, token: str | bool | None = None,
+                create_pr: bool = False, tags: list[str] | None = None, max_shard_size: str | int | None = None,
+                safe_serialization: bool = True, **card_kwargs: Any) -> CommitInfo:
+    """`MBDPODiffusionPolicy.push_to_hub`: build our model card (unless `card` is given; a model with no
+    evaluation yet gets a card without results) and push in one commit. transformers' arguments `create_pr`,
+    `tags` (added to the card's tags), `max_shard_size`, `commit_description` work; `safe_serialization=False`
+    is refused (weights are always safetensors)."""
+    if not safe_serialization:
+        raise ValueError("safe_serialization=False is refused: mbdpo-hub checkpoints are always safetensors")
     if card is None:
         from .cards import build_model_card
 
-        card = build_model_card(repo_id=repo_id, config_dict=model.config.to_dict(), eval_results=eval_results or {},
+        if tags:
+            card_kwargs["extra_tags"] = list(card_kwargs.get("extra_tags") or []) + list(tags)
+        card = build_model_card(repo_id=repo_id, config_dict=model.config.to_dict(), eval_results=eval_results,
                                 normalized_score=normalized_score, revision=tag, **card_kwargs)
     return push_pretrained(model, repo_id, card=card, extra_files=extra_files, revision=revision, tag=tag,
-                           commit_message=commit_message, private=private, token=token)
+                           commit_message=commit_message, commit_description=commit_description, private=private,
+                           token=token, max_shard_size=max_shard_size, create_pr=create_pr)
 
 
 def push_dataset_folder(

@@ -292,13 +292,13 @@ class OfflinePretrainer(RunFolder):
         return build_model_card(
             repo_id=cfg.hub_repo_id or f"local/{self.out.name}",
             config_dict=self.config.to_dict(),
-            eval_results=results or {t: dict(mean_return=0.0, std_return=0.0) for t in self.config.tasks},
+            eval_results=results,
             normalized_score=ev.get("normalized_score"),
             datasets=cfg.dataset if is_hub_repo_id(cfg.dataset) else None,
             command=self.command,
             train_config_yaml=dump_config(cfg),
             curve_path=curve.name if curve.exists() else None,
-            notes="\n\n".join(lines) + ("" if results else "\n\n(no evaluation yet: returns shown as 0)"),
+            notes="\n\n".join(lines),
             revision=revision,
             extra_tags=["offline", "multi-task"],
         )
