@@ -22,6 +22,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_mbdpo import MBDPOConfig
+
+#: config fields a planner object is built from (a change at run time rebuilds it)
+PLANNER_FIELDS = ("planner", "horizon", "num_samples", "num_elites", "num_pi_trajs", "temperature", "diffusion_steps",
+                  "diffusion_beta0", "diffusion_betaT", "action_noise", "energy_eta", "mppi_iterations", "min_std",
+                  "max_std")
 from .layers import (PolicyOutput, QEnsemble, SimNorm, _insert_at, _spread, _widen_linear, action_masks_from_config,
                      init_layer, mlp, soft_ce,
                      symexp, symlog, timestep_embedding, two_hot, two_hot_inv)
@@ -161,11 +166,8 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
             if self.config.num_tasks > 1:
                 raise ValueError(f"This is a {self.config.num_tasks}-task model: pass task= (a name or id).")
             return torch.zeros((), dtype=torch.long, device=like.device)
-        if isinstance(task, torch.Tensor):
-            t = task.to(device=like.device, dtype=torch.long)
-            if t.numel() and (t.min() < 0 or t.max() >= self.config.num_tasks):
-                raise ValueError(f"task ids {t.unique().tolist()} out of range [0, {self.config.num_tasks}).")
-            return t
+        if isinstance(task, torch.Tensor):  # checked once at the boundary (`inputs.task_ids`): no host sync here
+            return task.to(device=like.device, dtype=torch.long)
         if isinstance(task, (list, tuple)):
             return torch.tensor([self.config.task_id(x) for x in task], dtype=torch.long, device=like.device)
         return torch.tensor(self.config.task_id(task), dtype=torch.long, device=like.device)
@@ -389,8 +391,14 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
     def planner(self):
         from .planners import make_planner
 
-        if self._planner is None or self._planner.name != self.config.planner:
-            self._planner = make_planner(self.config)
+        cfg = self.config
+        key = tuple(getattr(cfg, k) for k in PLANNER_FIELDS)
+        if self._planner is None or self._planner_key != key:  # settings changed at run time: check, rebuild
+            try:
+                cfg.validate_planner()
+            except ValueError as e:
+                raise ValueError(f"planner settings: {e}") from None
+            self._planner, self._planner_key = make_planner(cfg), key
         return self._planner
 
     def reset(self, env_ids=None) -> None:
@@ -399,29 +407,12 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
             return
         if env_ids is None:
             self._has_prev.zero_()
-        else:
-            self._has_prev[torch.as_tensor(env_ids, dtype=torch.long, device=self._has_prev.device)] = False
-
-    def prepare_obs(self, obs, task) -> tuple[torch.Tensor, bool]:
-        """Observation(s) as a float tensor (B, O) on the model device, zero-padded from the task's true dim."""
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        single = obs.dim() == 1
-        if single:
-            obs = obs.unsqueeze(0)
-        if obs.dim() != 2:
-            raise ValueError(f"obs must be (obs_dim,) or (num_envs, obs_dim), got shape {tuple(obs.shape)}")
-        if not torch.isfinite(obs).all():
-            raise ValueError("observation contains NaN or inf")
-        O = self.config.obs_dim
-        if obs.shape[-1] < O:
-            dims = {self.config.obs_dims[i] for i in (task.tolist() if task.dim() else [task.item()])}
-            if dims != {obs.shape[-1]}:
-                raise ValueError(f"observation has dim {obs.shape[-1]}, expected {O} (padded) or the task's own "
-                                 f"{sorted(dims)}")
-            obs = F.pad(obs, (0, O - obs.shape[-1]))
-        elif obs.shape[-1] > O:
-            raise ValueError(f"observation has dim {obs.shape[-1]}, larger than this model's obs_dim {O}")
-        return obs, single
+            return
+        ids = torch.as_tensor(env_ids, dtype=torch.long).reshape(-1)
+        n = self._has_prev.shape[0]
+        if ids.numel() and (int(ids.min()) < -n or int(ids.max()) >= n):
+            raise ValueError(f"reset: env ids {ids.tolist()} out of range for {n} environments")
+        self._has_prev[ids.to(self._has_prev.device)] = False
 
     @torch.no_grad()
     def select_action(self, obs, task=None, eval_mode: bool = False, generator: torch.Generator | None = None):
@@ -429,10 +420,16 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
         obs: (O,) or (num_envs, O) (a task's true dim is padded). task: name / id (shared) or one per env.
         Returns (A,) or (num_envs, A) as a tensor on the model device. Warm starts are kept per env index.
+        `eval_mode=True` adds no exploration noise and, without a `generator`, samples with a fixed seed: the same
+        observation and warm-start plan give the same action (`reset()` clears the warm start).
         """
+        from .inputs import obs_batch, task_ids
+
         wm = self.world_model
-        t = wm.task_tensor(task, torch.empty(0, device=self.device))
-        obs, single = self.prepare_obs(obs, t)
+        t = task_ids(task, self.config, self.device)
+        obs, single = obs_batch(obs, t, self.config, self.device, next(self.parameters()).dtype)
+        if eval_mode and generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(0)
         B = obs.shape[0]
         task_b = t.expand(B) if t.dim() == 0 else t
         if task_b.shape[0] != B:
@@ -469,8 +466,10 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
     def _ensure_warm_start(self, num_envs: int) -> None:
         H, A = self.config.horizon, self.config.action_dim
-        if self._prev_mean is None or self._prev_mean.shape[0] != num_envs or self._prev_mean.device != self.device:
-            self._prev_mean = torch.zeros(num_envs, H, A, device=self.device)
+        dtype = next(self.parameters()).dtype  # a bf16 model plans in bf16
+        if (self._prev_mean is None or self._prev_mean.shape[0] != num_envs or self._prev_mean.device != self.device
+                or self._prev_mean.dtype != dtype):
+            self._prev_mean = torch.zeros(num_envs, H, A, device=self.device, dtype=dtype)
             self._has_prev = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
 
     def forward(self, obs: torch.Tensor, task=None) -> torch.Tensor:

@@ -192,3 +192,46 @@ def test_target_q_has_no_dropout_in_training_mode(tiny):
     assert not torch.equal(wm.Qs(x), wm.Qs(x))  # the online heads do use dropout when training
     wm.eval()
     torch.testing.assert_close(wm.Qs(x), wm.Qs(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("obs,task,match", [
+    (torch.zeros(0, 24), "walker-walk", "empty batch"),
+    ("abc", "walker-walk", "obs must be an array of numbers"),
+    (torch.zeros(2, 24), True, "boolean"),
+    (torch.zeros(2, 24), 0.7, "not an integer id"),
+    (torch.zeros(2, 24), torch.tensor([0.0, 1.0]), "must be integers"),
+    (torch.zeros(2, 24), object(), "task must be a name"),
+])
+def test_acting_refuses_bad_inputs_with_one_line(tiny, obs, task, match):
+    p = MBDPODiffusionPolicy(tiny())
+    with pytest.raises(ValueError, match=match):
+        p.select_action(obs, task=task)
+
+
+def test_acting_accepts_numpy_and_column_task_ids(tiny):
+    import numpy as np
+
+    p = MBDPODiffusionPolicy(tiny())
+    obs = torch.randn(3, 24)
+    for task in (np.array([0, 1, 0]), torch.tensor([[0], [1], [0]]), [0, "cartpole-balance", 0], np.int64(1)):
+        assert p.select_action(obs, task=task, eval_mode=True).shape == (3, 6)
+    with pytest.raises(ValueError, match="out of range for 3 environments"):
+        p.reset([5])
+    p.config.num_samples = 0  # changed at run time: checked when the planner is rebuilt
+    with pytest.raises(ValueError, match="planner settings"):
+        p.select_action(obs, task=0)
+
+
+def test_eval_mode_is_deterministic_given_the_warm_start(tiny):
+    p = randomise(MBDPODiffusionPolicy(tiny()))
+    obs = torch.randn(2, 24)
+    a = p.select_action(obs, task=0, eval_mode=True)
+    p.reset()
+    b = p.select_action(obs, task=0, eval_mode=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_bf16_model_acts(tiny):
+    p = MBDPODiffusionPolicy(tiny()).to(torch.bfloat16)
+    a = p.select_action(torch.randn(2, 24), task=0, eval_mode=True)
+    assert a.shape == (2, 6) and torch.isfinite(a.float()).all()

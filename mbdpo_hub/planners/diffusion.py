@@ -125,7 +125,8 @@ class DiffusionPlanner(Planner):
             actions = torch.cat([pi_actions, cand], dim=1)
             values = torch.cat([pi_values, values], dim=1)
             idx, w = elite_weights(values, cfg.num_elites, cfg.temperature, standardise=True)
-            x0_hat = (w.view(B, -1, 1, 1) * gather_sequences(actions, idx)).sum(1)
+            # weights come from float32 values; the plan stays in the model's dtype
+            x0_hat = (w.view(B, -1, 1, 1).to(actions.dtype) * gather_sequences(actions, idx)).sum(1)
             x = sch.step(sch.mc_score(x, t, x0_hat), t, x).prev_sample * mask[:, 0]
         x0 = (x * mask[:, 0]).clamp(-1, 1)
         action = x0[:, 0]

@@ -33,7 +33,7 @@ class MPPIPlanner(Planner):
             actions = torch.cat([pi_actions, cand], dim=1)
             idx, w = elite_weights(values, cfg.num_elites, cfg.temperature, standardise=False)
             elites = gather_sequences(actions, idx)
-            wv = w.view(B, -1, 1, 1)
+            wv = w.view(B, -1, 1, 1).to(elites.dtype)  # float32 weights, plan in the model dtype
             mean = (wv * elites).sum(1)
             std = ((wv * (elites - mean.unsqueeze(1)).pow(2)).sum(1)).sqrt().clamp(cfg.min_std, cfg.max_std)
             mean, std = mean * mask[:, 0], std * mask[:, 0]
