@@ -16,7 +16,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -47,12 +46,11 @@ class MBDPOPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' `from_pretrained`, with a clear error for corrupt or truncated weight files."""
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except SafetensorError as e:
-            raise OSError(f"Cannot load {cls.__name__} from {pretrained_model_name_or_path}: its model.safetensors "
-                          f"is corrupt or truncated ({e}). Re-download or re-save the checkpoint.") from e
+        """transformers' `from_pretrained`, strict: one-line errors for a bad path or config, corrupt weights, missing
+        / unexpected tensors (`strict=False` allows them) and NaN/inf values (`allow_nonfinite=True`): `loading`."""
+        from .loading import load_checked
+
+        return load_checked(super().from_pretrained, cls.__name__, pretrained_model_name_or_path, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Push weights + config with OUR model card (library_name mbdpo-hub, per-task model-index) in one commit:
@@ -300,6 +298,9 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
     The energy's running normalisation statistics (`energy_mean`, `energy_std`) are persistent buffers saved with
     the weights, so a reloaded policy shapes returns exactly as at training time.
     """
+
+    #: modules a world-model-only checkpoint lacks entirely (loading it starts them fresh: F = 0, no score net)
+    _optional_modules = ("energy", "score_net")
 
     def __init__(self, config: MBDPOConfig):
         super().__init__(config)

@@ -235,3 +235,41 @@ def test_bf16_model_acts(tiny):
     p = MBDPODiffusionPolicy(tiny()).to(torch.bfloat16)
     a = p.select_action(torch.randn(2, 24), task=0, eval_mode=True)
     assert a.shape == (2, 6) and torch.isfinite(a.float()).all()
+
+
+def test_loading_is_strict(tiny, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    p = randomise(MBDPODiffusionPolicy(tiny()))
+    p.save_pretrained(tmp_path / "ok")
+    weights = load_file(str(tmp_path / "ok" / "model.safetensors"))
+
+    def variant(name, edit_weights=None, edit_config=None):
+        folder = tmp_path / name
+        p.save_pretrained(folder)
+        if edit_weights is not None:
+            save_file(edit_weights(dict(weights)), str(folder / "model.safetensors"), metadata={"format": "pt"})
+        if edit_config is not None:
+            cfg = json.loads((folder / "config.json").read_text())
+            edit_config(cfg)
+            (folder / "config.json").write_text(json.dumps(cfg))
+        return folder
+
+    no_q = variant("no_q", lambda w: {k: v for k, v in w.items() if ".Qs." not in k})
+    with pytest.raises(OSError, match="does not match the model .*missing keys.*Qs"):
+        MBDPODiffusionPolicy.from_pretrained(no_q)
+    assert MBDPODiffusionPolicy.from_pretrained(no_q, strict=False) is not None
+    nan = variant("nan", lambda w: {**w, "world_model.dynamics.0.weight": w["world_model.dynamics.0.weight"] * float("nan")})
+    with pytest.raises(OSError, match="non-finite .*dynamics"):
+        MBDPODiffusionPolicy.from_pretrained(nan)
+    assert MBDPODiffusionPolicy.from_pretrained(nan, allow_nonfinite=True) is not None
+    no_tasks = variant("no_tasks", edit_config=lambda c: c.pop("tasks"))
+    with pytest.raises(OSError, match="names no tasks"):
+        MBDPODiffusionPolicy.from_pretrained(no_tasks)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="not a model folder"):
+        MBDPODiffusionPolicy.from_pretrained(tmp_path / "empty")
+    with pytest.raises(OSError, match="no such local folder, and not a Hub repo id"):
+        MBDPODiffusionPolicy.from_pretrained(str(tmp_path / "nope" / "deeper"))
