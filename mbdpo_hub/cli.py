@@ -180,6 +180,14 @@ def cmd_push(args) -> int:
 
 
 def main(argv=None) -> int:
+    """`mbdpo-hub ...`: bad input ends in one line on stderr (exit code 2); MBDPO_DEBUG=1 shows the traceback."""
+    from .utils import configure_threads, report_errors
+
+    configure_threads()
+    return report_errors(_main, argv)
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mbdpo-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -82,6 +82,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def configure_threads(num_processes: int | None = None) -> int:
+    """torch's thread count from the cores this process may use and the number of processes sharing them (one
+    core left for the simulator and everything else), unless OMP_NUM_THREADS says otherwise. torch slows down
+    10-40x when its threads outnumber the free cores. Returns the count set."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        procs = num_processes or int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+        n = max(1, cores // max(1, procs) - 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def report_errors(main, argv=None) -> int:
+    """Run a command's `main(argv)`; a bad input becomes one line on stderr (exit code 2) instead of a traceback
+    (MBDPO_DEBUG=1 shows the traceback)."""
+    import sys
+
+    try:
+        return main(argv) or 0
+    except (ValueError, OSError, TypeError, RuntimeError, KeyError) as e:
+        if os.environ.get("MBDPO_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg} ({type(e).__name__}; MBDPO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch."""
     random.seed(seed)
@@ -114,4 +143,4 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 __all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "swap_folder", "recover_folder", "set_seed", "rng_state",
-           "set_rng_state", "pad_to"]
+           "set_rng_state", "pad_to", "configure_threads", "report_errors"]

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mbdpo_hub.collect import collect, load_collect_config
+from mbdpo_hub.utils import configure_threads, report_errors
 
 
 def main(argv=None):
@@ -21,10 +22,11 @@ def main(argv=None):
     parser.add_argument("--config", default="recipes/configs/collect.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value")
     args = parser.parse_args(argv)
+    configure_threads()
     cfg = load_collect_config(args.config, args.overrides)
     argv = sys.argv[1:] if argv is None else list(argv)
     collect(cfg, command=" ".join(["python", "recipes/" + Path(__file__).name, *argv]))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mbdpo_hub.finetune import make_finetune_trainer
 from mbdpo_hub.training import load_finetune_config
+from mbdpo_hub.utils import configure_threads, report_errors
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune.yaml"
 
@@ -29,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("overrides", nargs="*", help="key=value")
     args = parser.parse_args(argv)
+    configure_threads()
     cfg = load_finetune_config(args.config, args.overrides)
     argv = sys.argv[1:] if argv is None else list(argv)
     trainer = make_finetune_trainer(cfg, command=" ".join(["accelerate launch recipes/finetune.py"] + argv))
@@ -36,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))

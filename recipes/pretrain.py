@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mbdpo_hub.training import OfflinePretrainer, load_pretrain_config
+from mbdpo_hub.utils import configure_threads, report_errors
 
 
 def main(argv=None):
@@ -21,10 +22,11 @@ def main(argv=None):
     parser.add_argument("--config", default="recipes/configs/pretrain_1m.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value")
     args = parser.parse_args(argv)
+    configure_threads()
     cfg = load_pretrain_config(args.config, args.overrides)
     argv = sys.argv[1:] if argv is None else list(argv)
     OfflinePretrainer(cfg, command=" ".join(["accelerate launch", "recipes/" + Path(__file__).name, *argv])).run()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))

@@ -8,8 +8,10 @@ Every RunConfig field (steps, seed, num_envs, utd, eval_freq, output_dir, ...) a
 """
 
 import argparse
+import sys
 
 from mbdpo_hub.training import OnlineTrainer, load_run_config
+from mbdpo_hub.utils import configure_threads, report_errors
 
 
 def main(argv=None):
@@ -17,9 +19,10 @@ def main(argv=None):
     parser.add_argument("--config", default="recipes/configs/online.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value")
     args = parser.parse_args(argv)
+    configure_threads()
     cfg = load_run_config(args.config, args.overrides)
     OnlineTrainer(cfg).run()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(report_errors(main))

@@ -196,3 +196,30 @@ def test_second_process_on_one_output_dir_is_refused(tmp_path):
     with FileLock(str(out / ".lock")):  # another process holds the folder
         with pytest.raises(RuntimeError, match="another process is running in output_dir"):
             OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST])).run()
+
+
+def test_recipes_and_cli_print_one_line_errors(tmp_path):
+    from mbdpo_hub.cli import main
+
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "train.py"), "--config", str(TINY), "steps=abc",
+                           f"output_dir={tmp_path / 'x'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: steps='abc' is not an integer")
+    assert not (tmp_path / "x").exists()
+    assert main(["evaluate", str(tmp_path / "no" / "such" / "run"), "--episodes", "1"]) == 2
+
+
+def test_thread_count_follows_cores_and_processes(monkeypatch):
+    from mbdpo_hub.utils import configure_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    try:
+        assert configure_threads(num_processes=1) == 7
+        assert configure_threads(num_processes=2) == 3
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert configure_threads(num_processes=1) == 1  # 2 cores: one torch thread, one core for the rest
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert configure_threads() == 2
+    finally:
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
