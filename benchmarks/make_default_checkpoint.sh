@@ -4,8 +4,9 @@
 # pretraining on them.
 #
 #   nohup bash benchmarks/make_default_checkpoint.sh collect > runs/expert/collect.log 2>&1 &   # hours; resumable
-#   bash benchmarks/make_default_checkpoint.sh pretrain     # 1M (and 5M) offline pretraining, resumable
+#   bash benchmarks/make_default_checkpoint.sh pretrain     # 1M and 5M offline pretraining + 10-episode evals, resumable
 #   bash benchmarks/make_default_checkpoint.sh export       # copy the 1M checkpoint into mbdpo_hub/pretrained/default
+# Knobs (environment): STEPS_PER_TASK, WORKERS, NICE, TASKS, HELD_OUT, UPDATES, BATCH, SIZES, WORK, PY.
 #
 # Stage `collect` runs WORKERS collect processes in parallel (one per core, one torch thread each, niced so that the
 # test suite stays usable beside them), each on its own part of TASKS, all appending to one dataset under a lock.
@@ -47,7 +48,43 @@ collect() {
   return $rc
 }
 
+pretrain() {
+  # the 1M and 5M presets on the same data, the same updates, batch and seed, every task evaluated with 10 episodes
+  # and the CPU planner setting (benchmarks/offline_scaling.py: the size effect, the paper's claim (b)); the 1M run
+  # becomes the embedded default
+  local held; held=$(echo $HELD_OUT | tr ' ' ','); local sizes=${SIZES:-"1 5"}
+  $PY benchmarks/offline_scaling.py --dataset "$WORK/dataset" --sizes $sizes --steps "${UPDATES:-20000}" \
+    --batch-size "${BATCH:-256}" --eval-episodes 10 --planner diffusion --diffusion-steps 5 --num-samples 128 \
+    --num-elites 32 --num-pi-trajs 12 --checkpoint-freq 1000 --log-freq 100 --runs-dir "$WORK/pretrain" \
+    --out benchmarks/results/offline_scaling_dmc8.json "held_out_tasks=[$held]" \
+    "notes=Pretrained offline by benchmarks/make_default_checkpoint.sh on the replay buffers of 8 single-task online agents (mt30 tasks, ${STEPS_PER_TASK} steps each); the data agents' scores are in the dataset's collect_summary.json."
+}
+
+export_default() {
+  # copy the 1M pretraining run into the package (atomically) and its card to model_cards/default.md
+  $PY - "$WORK/pretrain/size1" "$DEST" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+from mbdpo_hub.utils import swap_folder
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+tmp = dest.with_name(dest.name + ".tmp")
+shutil.rmtree(tmp, ignore_errors=True)
+tmp.mkdir(parents=True)
+for name in ("config.json", "model.safetensors", "README.md", "eval_results.json", "eval.csv", "pretrain_config.yaml"):
+    if (src / name).exists():
+        shutil.copy2(src / name, tmp / name)
+swap_folder(tmp, dest)
+shutil.copy2(dest / "README.md", Path("model_cards/default.md"))
+from mbdpo_hub import MBDPODiffusionPolicy
+p = MBDPODiffusionPolicy.from_pretrained(str(dest))
+print("exported", dest, "tasks", p.config.tasks, "held out", getattr(p.config, "held_out_tasks", None))
+PYEOF
+}
+
 case "$stage" in
   collect) collect ;;
-  *) echo "stage $stage: not implemented yet (collect)"; exit 2 ;;
+  pretrain) pretrain ;;
+  export) export_default ;;
+  all) collect && pretrain && export_default ;;
+  *) echo "unknown stage $stage: collect | pretrain | export | all"; exit 2 ;;
 esac
