@@ -75,8 +75,8 @@ class RunFolder:
             if diff:
                 problem = "holds another run (" + ", ".join(f"{k}: {old[k]!r} there, {ident[k]!r} now"
                                                           for k in diff) + ")"
-        else:
-            problem = "is not empty and holds no run of this kind"
+        elif self.ckpt_root.exists() or (out / "model.safetensors").exists():
+            problem = "holds checkpoints or a model of a run that does not say what it is (no run.json)"
         if problem is None and not cfg.resume and latest_checkpoint(self.ckpt_root) is not None:
             problem = "has checkpoints and resume=false would mix two runs in it"
         if problem is None:
