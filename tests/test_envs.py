@@ -469,3 +469,66 @@ def test_metaworld_task_when_installed():
         if term or trunc:
             break
     assert n == 100 and info["success"] in (0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# users' own environments: gym:ENV_ID and register_task
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_gym_id_is_a_task_with_rescaled_actions_and_its_time_limit():
+    import gymnasium as gym
+
+    spec = E.task_spec("gym:Pendulum-v1")
+    assert (spec.obs_dim, spec.action_dim, spec.episode_length, spec.source) == (3, 1, 200, "user")
+    env = E.make_env("gym:Pendulum-v1", seed=3)
+    obs, info = env.reset()
+    ref = gym.make("Pendulum-v1")
+    ref_obs, _ = ref.reset(seed=3)
+    np.testing.assert_allclose(obs, ref_obs, rtol=1e-6)
+    _, r, *_ = env.step(np.array([1.0]))    # +1 -> the env's upper bound (2.0)
+    _, r_ref, *_ = ref.step(np.array([2.0], dtype=np.float32))
+    assert r == pytest.approx(r_ref, rel=1e-6)
+    n, done = 1, False
+    while not done:
+        _, _, term, trunc, info = env.step(np.array([0.0]))
+        n, done = n + 1, term or trunc
+    assert n == 200 and trunc and info["task_name"] == "gym:Pendulum-v1"
+    env.close()
+    with pytest.raises(ValueError, match="not a registered gymnasium id"):
+        E.task_spec("gym:NoSuchEnv-v9")
+
+
+def test_register_task_and_refused_spaces():
+    import gymnasium as gym
+
+    class Line(gym.Env):
+        observation_space = gym.spaces.Box(-10, 10, (2, 2), np.float64)
+        action_space = gym.spaces.Box(0.0, 4.0, (1,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros((2, 2)), {}
+
+        def step(self, action):
+            return np.full((2, 2), float(action[0])), -abs(float(action[0]) - 1.0), False, False, {"success": 1.0}
+
+    spec = E.register_task("line-test", lambda **kw: Line(), episode_length=7, overwrite=True)
+    assert (spec.obs_dim, spec.action_dim, spec.episode_length) == (4, 1, 7)
+    env = E.make_env("line-test")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4,) and obs.dtype == np.float32
+    obs, r, term, trunc, info = env.step(np.array([-0.5]))  # [-1, 1] -> [0, 4]: -0.5 -> 1.0
+    assert obs[0] == pytest.approx(1.0) and r == pytest.approx(0.0) and info["success"] == 1.0
+
+    class DictObs(Line):
+        observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})
+
+    with pytest.raises(ValueError, match="observation space Dict is not supported"):
+        E.register_task("dict-test", lambda **kw: DictObs(), overwrite=True)
+    with pytest.raises(ValueError, match="built-in task"):
+        E.register_task("walker-walk", lambda **kw: Line())
+    from mbdpo_hub.training import load_run_config
+
+    with pytest.raises(ValueError, match="env_module='no_such_pkg_xyz' cannot be imported"):
+        load_run_config(None, ["task=gym:Pendulum-v1", "env_module=no_such_pkg_xyz"])

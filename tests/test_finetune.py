@@ -561,3 +561,23 @@ def test_finetune_auto_fits_the_new_row_before_any_update(source_dir, tmp_path, 
     assert train[0]["reward_loss"] == ""  # the first episode is acted zero-shot: no update before the fit
     assert train[1]["reward_loss"] != "" and train[1]["q_mean"] != ""
     assert "chosen and fitted on its first episode" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_finetune_embedded_default_onto_a_gym_id(tmp_path, monkeypatch):
+    """The main job on a user's own environment: gym:Pendulum-v1 gets a new task row (and the model's padded
+    dims stay), the run acts with rescaled actions and the Pendulum's 200-step time limit."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "pendulum"
+    cfg = load_finetune_config(FT_YAML, ["checkpoint=null", "task=gym:Pendulum-v1", f"output_dir={out}",
+                                         "fit_steps=3", "fit_batches=1", *[r for r in RUN if not
+                                                                          r.startswith("episode_length")],
+                                         "steps=400"])
+    trainer = make_finetune_trainer(cfg)
+    assert trainer.adapt_info["added"] and trainer.adapt_info["init"] == "fit"
+    results = trainer.run()
+    assert results["gym:Pendulum-v1"]["steps"] == 400 and results["gym:Pendulum-v1"]["mean_return"] < 0
+    policy = MBDPODiffusionPolicy.from_pretrained(out)
+    i = policy.config.tasks.index("gym:Pendulum-v1")
+    assert (policy.config.obs_dims[i], policy.config.action_dims[i], policy.config.episode_lengths[i]) == (3, 1, 200)
+    assert [int(r["step"]) for r in rows(out / "train.csv")] == [200, 400]

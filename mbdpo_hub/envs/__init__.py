@@ -12,6 +12,7 @@ Public API::
     MultiTaskEnv(tasks=MT30_TASKS, seed=None, render_mode=None, **kw)
     DMControlEnv(task, seed=None, render_mode=None, ...), MetaWorldEnv(...)
     task_spec(name) -> TaskSpec; list_tasks(task_set=None) -> list[str]
+    register_task(name, make_env, episode_length=None) ; task="gym:ENV_ID" for any gymnasium id
     record_episode_video(frames, path, fps=30) -> str
     normalized_score(results) -> float
 """
@@ -41,6 +42,7 @@ from .tasks import (  # noqa: E402
     list_tasks,
     task_spec,
 )
+from .user import GYM_PREFIX, register_task  # noqa: E402
 from .video import record_episode_video  # noqa: E402
 
 # Names whose modules import the simulators; resolved on first attribute access.
@@ -63,6 +65,8 @@ def __getattr__(name):
 register_envs()
 
 __all__ = [
+    "GYM_PREFIX",
+    "register_task",
     "ALL_TASKS",
     "CUSTOM_TASKS",
     "DOMAIN_DIMS",

@@ -39,6 +39,10 @@ def make_env(task: str | list[str], seed: int | None = None, render_mode: str | 
 
         return MultiTaskEnv(task, seed=seed, render_mode=render_mode, **kw)
     spec = task_spec(task)  # raises ValueError for unknown names
+    if spec.source == "user":
+        from .user import GymTaskEnv
+
+        return GymTaskEnv(task, seed=seed, render_mode=render_mode, **kw)
     if spec.is_metaworld:
         from .metaworld import MetaWorldEnv
 

@@ -176,11 +176,17 @@ def list_tasks(task_set: str | None = None) -> list[str]:
 
 
 def check_task_name(name: str) -> str:
-    """Return ``name`` if known, else raise a ValueError that suggests close matches."""
-    if name in TASK_SPECS:
-        return name
+    """Return ``name`` if known (a built-in task, a registered user task or ``gym:ENV_ID``), else raise a
+    ValueError that suggests close matches."""
     if not isinstance(name, str):
         raise ValueError(f"Task name must be a string, got {type(name).__name__}.")
+    if name in TASK_SPECS:
+        return name
+    from .user import is_user_task, user_task_spec
+
+    if is_user_task(name):
+        user_task_spec(name)  # a gym id must be registered (clear error otherwise)
+        return name
     close = difflib.get_close_matches(name, ALL_TASKS, n=5, cutoff=0.6)
     if close:
         raise ValueError(
@@ -191,8 +197,14 @@ def check_task_name(name: str) -> str:
 
 
 def task_spec(name: str) -> TaskSpec:
-    """Static :class:`TaskSpec` of ``name`` (no simulator is built)."""
-    return TASK_SPECS[check_task_name(name)]
+    """Static :class:`TaskSpec` of ``name`` (no simulator is built, except once for a user's env to read its
+    spaces)."""
+    name = check_task_name(name)
+    if name in TASK_SPECS:
+        return TASK_SPECS[name]
+    from .user import user_task_spec
+
+    return user_task_spec(name)
 
 
 def resolve_tasks(tasks: str | list[str]) -> list[str]:

@@ -37,7 +37,8 @@ class RunConfig:
     Model fields (any `MBDPOConfig` field, e.g. `planner=mppi num_samples=256`) go to `model`.
     """
 
-    task: str = "cartpole-balance"
+    task: str = "cartpole-balance"  # a built-in task, gym:ENV_ID, or a name given to envs.register_task
+    env_module: str | None = None  # a package to import first (it registers the user's gymnasium ids)
     steps: int = 20_000  # environment steps (summed over num_envs)
     seed: int = 1
     num_envs: int = 1
@@ -75,6 +76,9 @@ class RunConfig:
         from ..envs.tasks import check_task_name, task_spec
 
         check_types(self)
+        from ..envs.user import import_env_module
+
+        import_env_module(self.env_module)
         check_task_name(self.task)
         for name in ("steps", "num_envs", "batch_size", "buffer_size", "eval_episodes", "keep_checkpoints",
                      "video_size"):
