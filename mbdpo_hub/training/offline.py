@@ -44,7 +44,7 @@ from ..configuration_mbdpo import MBDPOConfig
 from ..learner import MBDPOLearner
 from ..modeling_mbdpo import MBDPODiffusionPolicy
 from ..utils import atomic_write_text, is_hub_repo_id, set_seed
-from .config import PretrainConfig, dump_config
+from .config import PretrainConfig
 from .evaluation import evaluate, plot_learning_curve
 from .run_folder import TRAIN_METRICS, RunFolder
 
@@ -270,8 +270,6 @@ class OfflinePretrainer(RunFolder):
 
     # --- cards / hub -------------------------------------------------------------------------------------------
     def build_card(self, revision: str | None = None):
-        from ..hub.cards import build_model_card
-
         cfg = self.cfg
         ev = self.last_eval or {}
         results = {t: {k: v for k, v in r.items() if k != "planner"} for t, r in (ev.get("results") or {}).items()}
@@ -289,19 +287,9 @@ class OfflinePretrainer(RunFolder):
         if cfg.notes:
             lines.append(str(cfg.notes))
         curve = self.out / "learning_curve.png"
-        return build_model_card(
-            repo_id=cfg.hub_repo_id or f"local/{self.out.name}",
-            config_dict=self.config.to_dict(),
-            eval_results=results,
-            normalized_score=ev.get("normalized_score"),
-            datasets=cfg.dataset if is_hub_repo_id(cfg.dataset) else None,
-            command=self.command,
-            train_config_yaml=dump_config(cfg),
-            curve_path=curve.name if curve.exists() else None,
-            notes="\n\n".join(lines),
-            revision=revision,
-            extra_tags=["offline", "multi-task"],
-        )
+        return self.model_card(results, ev.get("normalized_score"), curve if curve.exists() else None,
+                               datasets=cfg.dataset if is_hub_repo_id(cfg.dataset) else None, notes="\n\n".join(lines),
+                               revision=revision, extra_tags=["offline", "multi-task"])
 
     def push(self, branch: str | None, tag: str | None = None, message: str = "") -> None:
         files = [self.out / n for n in ("pretrain_config.yaml", "eval_results.json", "eval.csv", "train.csv",
@@ -350,11 +338,7 @@ class OfflinePretrainer(RunFolder):
     def _run(self) -> dict:
         self.setup()
         cfg, acc = self.cfg, self.accelerator
-        bar = None
-        if cfg.progress and acc.is_main_process:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, unit="upd", desc="pretrain", dynamic_ncols=True)
+        bar = self.progress_bar(unit="upd", desc="pretrain")
         t_last = time.perf_counter()
         while self.step < cfg.steps:
             self.update()

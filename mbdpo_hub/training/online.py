@@ -24,7 +24,7 @@ from ..configuration_mbdpo import MBDPOConfig
 from ..learner import MBDPOLearner
 from ..modeling_mbdpo import MBDPODiffusionPolicy
 from ..utils import pad_to, rng_state, set_rng_state, set_seed
-from .config import RunConfig, dump_config
+from .config import RunConfig
 from .evaluation import evaluate, plot_learning_curve, record_video
 from .run_folder import TRAIN_METRICS, RunFolder
 
@@ -201,7 +201,7 @@ class OnlineTrainer(RunFolder):
         if cfg.is_finetune and self.step == 0 and cfg.eval_freq > 0:
             self.zero_shot = self.run_eval()  # the adapted checkpoint's return: what fine-tuning must improve on
             self.next_eval = cfg.eval_freq
-        bar = self.progress_bar()
+        bar = self.progress_bar(unit="step", desc=cfg.task)
         t_last = time.perf_counter()
         while self.step < cfg.steps:
             action = self.act(obs)
@@ -232,30 +232,9 @@ class OnlineTrainer(RunFolder):
         self.accelerator.end_training()
         return results
 
-    def zero_shot_return(self) -> tuple[float, float] | None:
-        """(mean, std) of the step-0 evaluation in eval.csv (fine-tuning runs), or None."""
-        import csv
-
-        path = self.out / "eval.csv"
-        if not path.exists():
-            return None
-        with path.open() as f:
-            first = next(iter(csv.DictReader(f)), None)
-        if first is None or int(float(first["step"])) != 0:
-            return None
-        return float(first["mean_return"]), float(first["std_return"])
-
-    def progress_bar(self):
-        if not (self.cfg.progress and self.accelerator.is_main_process):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.cfg.steps, initial=self.step, unit="step", desc=self.cfg.task, dynamic_ncols=True)
-
     # --- outputs -------------------------------------------------------------------------------------------------------
     def write_outputs(self, final_eval: dict) -> dict:
         from ..envs import normalized_score
-        from ..hub.cards import build_model_card
 
         cfg = self.cfg
         results = {cfg.task: dict(mean_return=final_eval["mean_return"], std_return=final_eval["std_return"],
@@ -263,6 +242,7 @@ class OnlineTrainer(RunFolder):
         if not self.accelerator.is_main_process:
             return results
         video = None
+        (self.out / "eval_video.mp4").unlink(missing_ok=True)  # never a stale video from an earlier run
         if cfg.save_video:
             try:
                 video = record_video(self.policy, cfg.task, self.out / "eval_video.mp4", seed=cfg.seed + 4242,
@@ -271,13 +251,10 @@ class OnlineTrainer(RunFolder):
                 self.accelerator.print(f"video skipped: {type(e).__name__}: {e}")
         curve = plot_learning_curve(self.out / "eval.csv", self.out / "learning_curve.png", title=cfg.task)
         score = normalized_score({cfg.task: final_eval["mean_return"]})
-        card = build_model_card(
-            repo_id=cfg.hub_repo_id or f"local/{self.out.name}", config_dict=self.policy.config.to_dict(),
-            eval_results={t: dict(r) for t, r in results.items()}, normalized_score=score,
-            base_model=self.card_extra.get("base_model"), base_revision=self.card_extra.get("base_revision"),
-            command=self.command, train_config_yaml=dump_config(cfg), curve_path=curve.name if curve else None,
-            video_path=Path(video).name if video else None, notes=self.card_extra.get("notes"))
-        zero = self.zero_shot_return()
+        card = self.model_card({t: dict(r) for t, r in results.items()}, score, curve, video,
+                               base_model=self.card_extra.get("base_model"),
+                               base_revision=self.card_extra.get("base_revision"), notes=self.card_extra.get("notes"))
+        zero = self.first_eval(step=0)
         self.write_final(dict(results=results, normalized_score=score, env_steps=self.step, elapsed_s=self.elapsed,
                               updates=self.learner.num_updates,
                               zero_shot_return=None if zero is None else dict(mean_return=zero[0], std_return=zero[1])),
@@ -286,7 +263,6 @@ class OnlineTrainer(RunFolder):
             self.push(card, [self.out / n for n in ("train_config.yaml", "eval_results.json", "eval.csv",
                                                     "train.csv")] + [curve, video],
                       message=f"{getattr(cfg, 'mode', 'scratch')} {cfg.task} {self.step} steps")
-        zero = self.zero_shot_return()
         if zero is not None:
             print(f"zero-shot return {zero[0]:.1f} +/- {zero[1]:.1f} -> final return {final_eval['mean_return']:.1f} "
                   f"+/- {final_eval['std_return']:.1f} ({final_eval['episodes']} episodes each)")

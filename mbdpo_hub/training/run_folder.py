@@ -168,6 +168,26 @@ class RunFolder:
                 w.writeheader()
                 w.writerows(keep)
 
+    def first_eval(self, step: int = 0) -> tuple[float, float] | None:
+        """(mean, std) return of eval.csv's first row when it was logged at `step` (a fine-tuning run's zero-shot
+        evaluation), else None."""
+        path = self.out / "eval.csv"
+        if not path.exists():
+            return None
+        with path.open() as f:
+            first = next(iter(csv.DictReader(f)), None)
+        if first is None or int(float(first["step"])) != step or first.get("mean_return") in (None, ""):
+            return None
+        return float(first["mean_return"]), float(first["std_return"])
+
+    def progress_bar(self, unit: str, desc: str):
+        """A tqdm bar over `cfg.steps` from the current step (main process, `cfg.progress`), else None."""
+        if not (self.cfg.progress and self.accelerator.is_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.steps, initial=self.step, unit=unit, desc=desc, dynamic_ncols=True)
+
     def log(self, values: dict) -> None:
         if self.accelerator.trackers:
             self.accelerator.log(values, step=self.step)
@@ -199,6 +219,15 @@ class RunFolder:
         raise NotImplementedError
 
     # --- final outputs -----------------------------------------------------------------------------------------------
+    def model_card(self, results: dict, score: float | None, curve=None, video=None, **kw):
+        """The run's model card (`hub.cards.build_model_card`) with what every run folder knows filled in."""
+        from ..hub.cards import build_model_card
+
+        return build_model_card(
+            repo_id=self.cfg.hub_repo_id or f"local/{self.out.name}", config_dict=self.policy.config.to_dict(),
+            eval_results=results, normalized_score=score, command=self.command, train_config_yaml=dump_config(self.cfg),
+            curve_path=Path(curve).name if curve else None, video_path=Path(video).name if video else None, **kw)
+
     def write_final(self, eval_payload: dict, card) -> None:
         """The final model, eval_results.json and the card README.md (main process)."""
         self.policy.save_pretrained(self.out)
