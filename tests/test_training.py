@@ -223,3 +223,28 @@ def test_thread_count_follows_cores_and_processes(monkeypatch):
         assert configure_threads() == 2
     finally:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.mark.slow
+def test_resume_skips_a_damaged_checkpoint_and_logs_match(tmp_path, capsys):
+    out = tmp_path / "run"
+    cmd = [f"output_dir={out}", *FAST, "steps=300"]
+    OnlineTrainer(load_run_config(TINY, cmd)).run()
+    steps_before = [int(r["step"]) for r in _rows(out / "eval.csv")]
+    # re-running the finished command logs no second final evaluation
+    OnlineTrainer(load_run_config(TINY, cmd)).run()
+    assert [int(r["step"]) for r in _rows(out / "eval.csv")] == steps_before
+    # damage the newest checkpoint and leave a temp folder of a killed write: the older one is used, the temp removed
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert [p.name for p in ckpts] == ["step_000000200", "step_000000300"]
+    (ckpts[-1] / "learner.pt").write_bytes(b"not a checkpoint")
+    (out / "checkpoints" / ".tmp-step_000000999-123").mkdir()
+    trainer = OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST, "steps=400"]))
+    trainer.run()
+    printed = capsys.readouterr().out
+    assert "learner.pt cannot be read" in printed and "weights_only=False" not in printed
+    assert "resumed from" in printed and "step_000000200 (step 200)" in printed
+    assert trainer.step == 400
+    train_steps = [int(r["step"]) for r in _rows(out / "train.csv")]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 400  # no duplicated rows
+    assert not list((out / "checkpoints").glob(".tmp-*"))

@@ -19,6 +19,10 @@ import torch
 from ..utils import atomic_write_text
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be read back (damaged, truncated, or of another model); names the file."""
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The folder named by `root/latest`, if it is complete (has `state.json`)."""
     pointer = Path(root) / "latest"
@@ -35,8 +39,9 @@ def write_checkpoint(root: Path, name: str, policy, learner, state: dict, keep: 
     `latest` intact."""
     root = Path(root)
     final = root / name
+    for stale in root.glob(".tmp-*"):  # left by a killed or disk-full write (one process per run folder: the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_pretrained(tmp / "model")
     torch.save(learner.state_dict(), tmp / "learner.pt")
@@ -57,13 +62,30 @@ def read_checkpoint(path: Path, policy, learner) -> dict:
     saved state dict."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "model" / "model.safetensors"))
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
+    def fail(file: str, e: Exception):
+        # one line, the file named; torch's own message suggests weights_only=False, which we never do
+        return CheckpointError(f"checkpoint file {path / file} cannot be read ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+
+    try:
+        weights = load_file(str(path / "model" / "model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors / OS errors
+        raise fail("model/model.safetensors", e) from None
+    try:
+        missing, unexpected = policy.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise fail("model/model.safetensors", e) from None
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-    learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
-    return json.loads((path / "state.json").read_text())
+        raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    try:
+        learner.load_state_dict(torch.load(path / "learner.pt", weights_only=True, map_location="cpu"))
+    except Exception as e:  # noqa: BLE001 - truncated / foreign pickle, refused by weights_only, shape errors
+        raise fail("learner.pt", e) from None
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise fail("state.json", e) from None
 
 
-__all__ = ["latest_checkpoint", "write_checkpoint", "read_checkpoint"]
+__all__ = ["CheckpointError", "latest_checkpoint", "write_checkpoint", "read_checkpoint"]

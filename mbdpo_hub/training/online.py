@@ -24,6 +24,7 @@ from ..configuration_mbdpo import MBDPOConfig
 from ..learner import MBDPOLearner
 from ..modeling_mbdpo import MBDPODiffusionPolicy
 from ..utils import pad_to, rng_state, set_rng_state, set_seed
+from .checkpoint import CheckpointError
 from .config import RunConfig
 from .evaluation import evaluate, plot_learning_curve, record_video
 from .run_folder import TRAIN_METRICS, RunFolder
@@ -87,7 +88,11 @@ class OnlineTrainer(RunFolder):
         return dict({k: getattr(self, k) for k in _COUNTERS}, rng=rng_state())
 
     def restore_state(self, state: dict, path: Path) -> None:
-        self.buffer.load(path / "replay_buffer.safetensors")
+        try:
+            self.buffer.load(path / "replay_buffer.safetensors")
+        except Exception as e:  # noqa: BLE001 - a damaged buffer file: the caller falls back to an older checkpoint
+            raise CheckpointError(f"checkpoint file {path / 'replay_buffer.safetensors'} cannot be read "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         for key in _COUNTERS:
             setattr(self, key, state[key])
         self.next_ckpt = math.inf if state.get("next_ckpt") is None else self.next_ckpt
@@ -173,11 +178,12 @@ class OnlineTrainer(RunFolder):
                        episode_length=cfg.episode_length)
         self.append_csv("eval.csv", dict(step=self.step, episode=self.episode, task=cfg.task,
                                          mean_return=res["mean_return"], std_return=res["std_return"],
-                                         episodes=cfg.eval_episodes, elapsed_s=round(self.elapsed, 1)))
+                                         episodes=cfg.eval_episodes, elapsed_s=round(self.elapsed, 1)),
+                        replace_step=True)
         for old in getattr(cfg, "eval_old_tasks", ()):
             r = evaluate(self.policy, old, cfg.eval_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
             self.append_csv("eval_old_tasks.csv", dict(step=self.step, task=old, mean_return=r["mean_return"],
-                                                       std_return=r["std_return"]))
+                                                       std_return=r["std_return"]), replace_step=True)
         self.log({"eval/mean_return": res["mean_return"]})
         return res
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..utils import atomic_path, atomic_write_text
-from .checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
 from .config import dump_config
 
 #: columns of train.csv (a fixed set, so rows before the first update line up with later ones)
@@ -138,11 +138,23 @@ class RunFolder:
                                                if isinstance(v, (int, float, str, bool))})
 
     # --- logs --------------------------------------------------------------------------------------------------------
-    def append_csv(self, name: str, rows: dict | list[dict]) -> None:
+    def append_csv(self, name: str, rows: dict | list[dict], replace_step: bool = False) -> None:
+        """Append rows; with `replace_step`, rows already logged at the same step (and task) are replaced, so that
+        re-running a finished command does not log its final evaluation twice."""
         rows = [rows] if isinstance(rows, dict) else rows
         if not self.accelerator.is_main_process or not rows:
             return
         path = self.out / name
+        if replace_step and path.exists():
+            key = {(str(r["step"]), str(r.get("task", ""))) for r in rows}
+            with path.open() as f:
+                old = list(csv.DictReader(f))
+            keep = [r for r in old if (str(int(float(r["step"]))), r.get("task", "") or "") not in key]
+            if len(keep) != len(old):
+                with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(old[0]))
+                    w.writeheader()
+                    w.writerows(keep)
         new = not path.exists()
         with path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -203,14 +215,25 @@ class RunFolder:
         return self.ckpt_root / name
 
     def resume(self) -> Path | None:
-        """Load the latest checkpoint (when `cfg.resume`) and cut the logs back to it; returns its path or None."""
+        """Load the latest intact checkpoint (when `cfg.resume`) and cut the logs back to it; returns its path or
+        None. A damaged checkpoint is reported by name and the previous one is tried."""
         self.check_folder()  # never resume someone else's run
-        ckpt = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
-        if ckpt is not None:
-            self.restore_state(read_checkpoint(ckpt, self.policy, self.learner), ckpt)
+        if not self.cfg.resume or latest_checkpoint(self.ckpt_root) is None:
+            return None
+        newest = latest_checkpoint(self.ckpt_root)
+        candidates = [newest] + sorted((p for p in self.ckpt_root.glob("step_*") if p.is_dir() and p != newest
+                                        and (p / "state.json").is_file()), reverse=True)
+        for ckpt in candidates:
+            try:
+                self.restore_state(read_checkpoint(ckpt, self.policy, self.learner), ckpt)
+            except CheckpointError as e:
+                self.accelerator.print(f"warning: {e}; trying the previous checkpoint")
+                continue
             self.truncate_csvs()
             self.accelerator.print(f"resumed from {ckpt} (step {self.step})")
-        return ckpt
+            return ckpt
+        raise CheckpointError(f"no intact checkpoint in {self.ckpt_root} (all of {[p.name for p in candidates]} "
+                              "are damaged): use another output_dir, or overwrite=true to start over")
 
     def checkpoint_state(self) -> dict:  # pragma: no cover - subclasses
         raise NotImplementedError
