@@ -51,6 +51,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: decompression limits for .pt.xz files: float weights compress at most a few times, so a file that inflates by more
+#: than MAX_XZ_RATIO (beyond a small floor) is not a checkpoint; MAX_DECOMPRESSED_BYTES is ~4x the 317M checkpoint
+MAX_XZ_RATIO = 50
+MIN_RATIO_CHECK_BYTES = 64 << 20
+MAX_DECOMPRESSED_BYTES = 6 << 30
+
+
 def _is_xz(path: Path) -> bool:
     if path.name.endswith(".xz"):
         return True
@@ -67,9 +74,20 @@ def _open(path: Path) -> tuple[Any, str | None]:
         raise IsADirectoryError(f"{path} is a directory, not a checkpoint file (.pt or .pt.xz).")
     if not _is_xz(path):
         return path, None
+    packed = path.stat().st_size
+    limit = min(MAX_DECOMPRESSED_BYTES, max(MIN_RATIO_CHECK_BYTES, MAX_XZ_RATIO * packed))
+    chunks, total = [], 0
     try:
         with lzma.open(path, "rb") as f:
-            data = f.read()
+            while chunk := f.read(16 << 20):
+                total += len(chunk)
+                if total > limit:  # stream-checked: a decompression bomb never fills memory
+                    raise OfficialCheckpointError(
+                        f"Refusing {path}: it decompresses to more than {limit / 2**20:.0f} MiB from "
+                        f"{packed / 2**10:.0f} KiB ({MAX_XZ_RATIO}x is the most a real checkpoint's float weights "
+                        f"compress; the largest official checkpoint, 317M, is about 1.3 GB). Not a checkpoint.")
+                chunks.append(chunk)
+        data = b"".join(chunks)
     except (lzma.LZMAError, EOFError, OSError) as e:
         raise OfficialCheckpointError(
             f"Cannot decompress {path}: the xz file is corrupt or truncated ({type(e).__name__}: {e}).") from e

@@ -602,3 +602,16 @@ def test_cli(official, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         convert_main([])
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    import lzma
+
+    bomb = tmp_path / "bomb.pt.xz"
+    with lzma.open(bomb, "wb", preset=0) as f:
+        for _ in range(10):
+            f.write(bytes(16 << 20))  # 160 MiB of zeros in a few tens of KiB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(OfficialCheckpointError, match="decompresses to more than 64 MiB"):
+        load_official_state_dict(bomb)
+    assert convert_main([str(bomb), str(tmp_path / "out")]) == 1
