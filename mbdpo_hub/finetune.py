@@ -506,13 +506,24 @@ def make_finetune_trainer(cfg, command: str | None = None):
              f"from {info['source_task'] or 'the mean of all rows'}")
     what = (f"added as task {info['task_id']} (embedding {start})" if info["added"] else
             f"replacing {info['replaced']}" if info["replaced"] else "already in the checkpoint")
-    notes = (f"Fine-tuned ({cfg.mode}) from {src['checkpoint']}"
-             f"{'@' + str(src['revision']) if src['revision'] else ''} on {cfg.task} ({what}).")
+    if src["kind"] == "default":  # not a Hub repo: named by its package version and weights digest
+        from .hub.cards import _library_version
+        from .utils import file_sha256
+
+        digest = file_sha256(DEFAULT_CHECKPOINT_DIR / "model.safetensors")[:12]
+        origin = f"the embedded default checkpoint of mbdpo-hub {_library_version() or ''} (weights sha256 {digest})"
+    else:
+        origin = f"{src['checkpoint']}{'@' + str(src['revision']) if src['revision'] else ''}"
+    notes = f"Fine-tuned ({cfg.mode}) from {origin} on {cfg.task} ({what})."
     if info["extended_obs"] or info["extended_action"]:
         notes += f" Input dims extended: obs {info['extended_obs']}, action {info['extended_action']}."
     if offline is not None:
         notes += f" Offline data: {cfg.offline_dataset or pretraining_dataset_of(policy)} (ratio {cfg.offline_ratio})."
-    card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes)
+    dataset = cfg.offline_dataset or pretraining_dataset_of(policy) if offline is not None else None
+    from .utils import is_hub_repo_id
+
+    card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes, usage_task=cfg.task,
+                      datasets=dataset if dataset and is_hub_repo_id(dataset) else None)
     from .training import OnlineTrainer
 
     first_update_hook = None

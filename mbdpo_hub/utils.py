@@ -76,6 +76,17 @@ def recover_folder(folder: str | os.PathLike) -> None:
         os.replace(backups[-1], folder)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in chunks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (readers see the old or the new file, never a partial one)."""
     with atomic_path(path) as tmp:

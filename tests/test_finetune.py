@@ -451,6 +451,9 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     policy = MBDPODiffusionPolicy.from_pretrained(out)
     assert "cartpole-balance-sparse" in policy.config.tasks
+    card = (out / "README.md").read_text()
+    assert "from the embedded default checkpoint of mbdpo-hub" in card  # the base is named
+    assert 'task="cartpole-balance-sparse"' in card  # the usage snippet acts on the fine-tuned task
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -293,6 +293,7 @@ def build_model_card(
     summary: str | None = None,
     revision: str | None = None,
     template_path: str | os.PathLike | None = None,
+    usage_task: str | None = None,
 ) -> ModelCard:
     """Build the model card (README.md) of an MBDPO checkpoint.
 
@@ -309,6 +310,7 @@ def build_model_card(
         curve_path / video_path: repo-relative paths of the learning-curve image and the evaluation video.
         notes: free markdown appended in a "Notes" section.
         revision: if given, the usage snippet loads this revision (e.g. the tag being published).
+        usage_task: the task the usage snippet acts on (default the first task; a fine-tuned card names its task).
         template_path: override ``model_cards/model_card_template.md``.
     """
     _check_repo_id(repo_id)
@@ -374,6 +376,7 @@ def build_model_card(
         notes=notes,
         revision=revision,
         library_version=_library_version(),
+        usage_task=usage_task,
     )
     validate_card(card)
     return card

@@ -259,7 +259,9 @@ class OnlineTrainer(RunFolder):
         score = normalized_score({cfg.task: final_eval["mean_return"]})
         card = self.model_card({t: dict(r) for t, r in results.items()}, score, curve, video,
                                base_model=self.card_extra.get("base_model"),
-                               base_revision=self.card_extra.get("base_revision"), notes=self.card_extra.get("notes"))
+                               base_revision=self.card_extra.get("base_revision"), notes=self.card_extra.get("notes"),
+                               usage_task=self.card_extra.get("usage_task") or cfg.task,
+                               datasets=self.card_extra.get("datasets"))
         zero = self.first_eval(step=0)
         self.write_final(dict(results=results, normalized_score=score, env_steps=self.step, elapsed_s=self.elapsed,
                               updates=self.learner.num_updates,
