@@ -15,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-runs/expert}
+# the dataset is tracked in git (runs/ is not, and a new session starts from a fresh checkout): collection appends
+# finished tasks to it, so a later session continues with the tasks still missing
+DATASET=${DATASET:-datasets/dmc8-expert}
 STEPS_PER_TASK=${STEPS_PER_TASK:-20000}
 WORKERS=${WORKERS:-2}
 NICE=${NICE:-10}
@@ -37,14 +40,14 @@ collect() {
     echo "== collect worker $w: [$list] $(date)"
     nice -n "$NICE" $PY recipes/collect.py --config recipes/configs/collect.yaml tasks="[$list]" \
       steps_per_task="$STEPS_PER_TASK" \
-      progress=false output_dir="$WORK/collect" dataset_dir="$WORK/dataset" \
+      progress=false output_dir="$WORK/collect" dataset_dir="$DATASET" summary_path="${DATASET}_agents.json" \
       dataset_name=mbdpo-hub-dmc8-expert > "$WORK/collect_worker$w.log" 2>&1 &
     pids+=($!)
   done
   local rc=0
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   echo "== collect done rc=$rc $(date)"
-  cat "$WORK/collect/collect_summary.json" || true
+  cat "${DATASET}_agents.json" || true
   return $rc
 }
 
@@ -53,11 +56,11 @@ pretrain() {
   # and the CPU planner setting (benchmarks/offline_scaling.py: the size effect, the paper's claim (b)); the 1M run
   # becomes the embedded default
   local held; held=$(echo $HELD_OUT | tr ' ' ','); local sizes=${SIZES:-"1 5"}
-  $PY benchmarks/offline_scaling.py --dataset "$WORK/dataset" --sizes $sizes --steps "${UPDATES:-20000}" \
+  $PY benchmarks/offline_scaling.py --dataset "$DATASET" --sizes $sizes --steps "${UPDATES:-20000}" \
     --batch-size "${BATCH:-256}" --eval-episodes 10 --planner diffusion --diffusion-steps 5 --num-samples 128 \
     --num-elites 32 --num-pi-trajs 12 --checkpoint-freq 1000 --log-freq 100 --runs-dir "$WORK/pretrain" \
     --out benchmarks/results/offline_scaling_dmc8.json "held_out_tasks=[$held]" \
-    "notes=Pretrained offline by benchmarks/make_default_checkpoint.sh on the replay buffers of 8 single-task online agents (mt30 tasks, ${STEPS_PER_TASK} steps each); the data agents' scores are in the dataset's collect_summary.json."
+    "notes=Pretrained offline by benchmarks/make_default_checkpoint.sh on the replay buffers of 8 single-task online agents (mt30 tasks, ${STEPS_PER_TASK} steps each); the data agents' scores are in datasets/dmc8-expert_agents.json."
 }
 
 export_default() {

@@ -41,6 +41,7 @@ class CollectConfig:
     dataset_name: str | None = None
     push_to_hub: bool = False  # push the dataset folder at the end
     hub_repo_id: str | None = None  # dataset repo id
+    summary_path: str | None = None  # the data agents' scores per task (default output_dir/collect_summary.json)
     keep_runs: bool = True  # keep the per-task run folders (models, csvs) after their data is in the dataset
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields for every task's run
     model: dict[str, Any] = field(default_factory=dict)  # MBDPOConfig fields for every task's run
@@ -126,6 +127,21 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
     return n
 
 
+def write_collection_card(dataset_dir, summary: dict, steps_per_task: int) -> None:
+    """Rewrite the dataset card with how it was collected and each data agent's final evaluation return."""
+    from .data import read_info, read_tasks, write_dataset_card
+
+    info = read_info(dataset_dir)
+    rows = ", ".join(f"{t} {s['final_eval_return']:.1f} (+/- {s.get('final_eval_std') or 0:.1f}, "
+                     f"{s.get('final_eval_episodes')} episodes)" for t, s in sorted(summary.items())
+                     if s.get("final_eval_return") is not None)
+    collection = (f"The whole replay buffers of single-task online MBDPO agents trained from scratch, "
+                  f"{steps_per_task} environment steps each (a random seed phase, then the learning agent: mixed "
+                  f"quality from random to the agent's best), collected with mbdpo_hub.collect (recipes/collect.py). "
+                  f"The agents' final evaluation returns (deterministic planner): {rows}.")
+    write_dataset_card(dataset_dir, {**info, "tasks": read_tasks(dataset_dir)["tasks"], "collection": collection})
+
+
 def dataset_lock(dataset_dir: str | os.PathLike):
     """An exclusive inter-process lock for appending to `dataset_dir` (a `.lock` file beside it)."""
     from filelock import FileLock
@@ -142,7 +158,7 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
     table = task_table(cfg.tasks, ep_len)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / "collect_summary.json"
+    summary_path = Path(cfg.summary_path) if cfg.summary_path else out / "collect_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     with dataset_lock(cfg.dataset_dir):  # crash recovery must not run while another collector appends
         done = done_tasks(cfg.dataset_dir)
@@ -166,6 +182,7 @@ def collect(cfg: CollectConfig, command: str | None = None) -> dict:
                                  final_eval_return=res.get("mean_return"), final_eval_std=res.get("std_return"),
                                  final_eval_episodes=res.get("episodes"), elapsed_s=round(trainer.elapsed, 1))
             atomic_write_text(summary_path, json.dumps(summary, indent=2))
+            write_collection_card(cfg.dataset_dir, summary, cfg.steps_per_task)
         print(f"collect: {task}: {n} episodes ({trainer.step} env steps) -> {cfg.dataset_dir}")
         del trainer
     if cfg.push_to_hub:
