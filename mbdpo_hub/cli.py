@@ -56,30 +56,39 @@ def cmd_evaluate(args) -> int:
     from .envs import normalized_score
     from .training import evaluate
 
+    from .envs import task_score
+    from .utils import atomic_write_text
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.episode_length is not None and args.episode_length < 1:
+        raise ValueError(f"--episode-length must be at least 1, got {args.episode_length}")
     policy = load_policy(args.checkpoint, args.revision).eval()
     tasks = args.tasks.split(",") if args.tasks else list(policy.config.tasks)
+    for task in tasks:
+        policy.config.task_id(task)  # every task checked before the first evaluation starts
     rows = {}
     for task in tasks:
         video = Path(args.video_dir) / f"{task}.mp4" if args.video_dir else None
-        r = evaluate(policy, task, args.episodes, seed=args.seed, planner=args.planner, video_path=video)
+        r = evaluate(policy, task, args.episodes, seed=args.seed, planner=args.planner, video_path=video,
+                     episode_length=args.episode_length, progress=not args.quiet)
+        r["normalized_score"] = task_score(task, r["mean_success"] if task.startswith("mw-") else r["mean_return"])
         rows[task] = r
         print(f"{task:28s} {r['mean_return']:8.1f} +/- {r['std_return']:6.1f}  ({r['episodes']} episodes, "
-              f"{r['planner']})")
+              f"{r['planner']}, {r['seconds']:.0f} s)")
     score = normalized_score({t: r["mean_return"] for t, r in rows.items()})
     print(f"normalized score: {score:.2f}")
     payload = dict(checkpoint=args.checkpoint, revision=args.revision, planner=args.planner or policy.config.planner,
                    results=rows, normalized_score=score)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(payload, indent=2))
     print(f"wrote {out}")
     if args.update_card:
         from .hub.card_update import update_model_index
 
         update_model_index(args.update_card, {t: dict(mean_return=r["mean_return"], std_return=r["std_return"],
-                                                      episodes=r["episodes"]) for t, r in rows.items()})
+                                                      episodes=r["episodes"], normalized_score=r["normalized_score"])
+                                              for t, r in rows.items()})
         print(f"updated model-index of {args.update_card}")
     return 0
 
@@ -208,6 +217,8 @@ def _main(argv=None) -> int:
     p.add_argument("--video-dir", default=None)
     p.add_argument("--output", default="eval_results.json")
     p.add_argument("--update-card", default=None, help="a README.md whose model-index gets these results")
+    p.add_argument("--episode-length", type=int, default=None, help="cut episodes to this many steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_evaluate)
     # convert / convert-dataset have their own full parsers (options anywhere, their own --help): routed first
     sub.add_parser("convert", help="official TD-MPC2/MBDPO .pt -> our format (see mbdpo-hub convert --help)")

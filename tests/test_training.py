@@ -248,3 +248,22 @@ def test_resume_skips_a_damaged_checkpoint_and_logs_match(tmp_path, capsys):
     train_steps = [int(r["step"]) for r in _rows(out / "train.csv")]
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 400  # no duplicated rows
     assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_cli_evaluate_refuses_zero_episodes_and_updates_the_whole_card(tmp_path):
+    from mbdpo_hub.cli import main
+    from mbdpo_hub.hub.cards import validate_card
+
+    out = tmp_path / "run"
+    OnlineTrainer(load_run_config(TINY, [f"output_dir={out}", *FAST])).run()
+    assert main(["evaluate", str(out), "--episodes", "0"]) == 2
+    assert main(["evaluate", str(out), "--episodes", "2", "--episode-length", "30", "--planner", "policy", "--quiet",
+                 "--output", str(tmp_path / "ev.json"), "--update-card", str(out / "README.md")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    r = ev["results"]["cartpole-balance"]
+    assert r["episodes"] == 2 and r["normalized_score"] == pytest.approx(r["mean_return"] / 10)
+    meta = validate_card(out / "README.md")
+    metrics = {m["type"]: m["value"] for res in meta["model-index"][0]["results"] for m in res["metrics"]}
+    assert metrics["normalized_score"] == pytest.approx(round(r["mean_return"] / 10, 4))
+    assert "eval_s" in _rows(out / "eval.csv")[0]

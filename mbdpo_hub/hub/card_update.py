@@ -54,8 +54,9 @@ def update_model_index(
     old, old_norm = _results_from_card(card)
     merged = new if replace else {**old, **new}
     # Keep the richer body info (episodes, extra columns) for tasks we are not updating.
-    if normalized_score is None and not replace:
-        normalized_score = old_norm
+    if normalized_score is None:  # never keep a stale aggregate: recompute it from the per-task scores, if all have one
+        norms = [r.get("normalized_score") for r in merged.values()]
+        normalized_score = (sum(norms) / len(norms)) if norms and all(n is not None for n in norms) else None
     card.data.eval_results = _eval_result_objects(merged, normalized_score)
     if not card.data.model_name:
         card.data.model_name = path.parent.name or "model"

@@ -16,10 +16,17 @@ from ..utils import atomic_path, pad_to
 
 def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: int = 0,
              planner: str | None = None, video_path: str | os.PathLike | None = None, video_size: int = 240,
-             episode_length: int | None = None) -> dict[str, Any]:
+             episode_length: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Deterministic evaluation (eval_mode=True): `episodes` episodes run side by side in a vector env, planning
     batched over them. Returns mean/std return (and success where the env reports it). With `video_path`, one more
-    episode is rendered and written there. The caller's warm-start plans are neither read nor overwritten."""
+    episode is rendered and written there. The caller's warm-start plans are neither read nor overwritten.
+    `progress` shows a bar over the episode's steps (an evaluation with the full planner takes minutes on a CPU)."""
+    import time
+
+    from ..envs import task_spec
+
+    if episodes < 1:
+        raise ValueError(f"evaluation episodes must be at least 1, got {episodes}")
     from ..envs import make_vec_env
 
     cfg = policy.config
@@ -29,6 +36,13 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
         cfg.planner = planner
     env_kw = {} if episode_length is None else dict(episode_length=episode_length)
     envs = make_vec_env(task, episodes, seed=seed, **env_kw)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episode_length or task_spec(task).episode_length, unit="step", leave=False,
+                   desc=f"eval {task} ({episodes} episodes)", dynamic_ncols=True)
+    t0 = time.perf_counter()
     try:
         with policy.separate_plan_state():
             obs, _ = envs.reset(seed=seed)
@@ -44,14 +58,18 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
                 if "success" in info:
                     success = np.where(done, success, np.asarray(info["success"], dtype=float))
                 done |= term | trunc
+                if bar is not None:
+                    bar.update(1)
         result = dict(task=task, episodes=episodes, mean_return=float(returns.mean()),
                       std_return=float(returns.std()), returns=returns.tolist(), planner=cfg.planner,
-                      mean_success=float(success.mean()))
+                      mean_success=float(success.mean()), seconds=time.perf_counter() - t0)
         if video_path is not None:
             result["video"] = str(record_video(policy, task, video_path, seed=seed + 10_000, size=video_size,
                                                episode_length=episode_length))
         return result
     finally:
+        if bar is not None:
+            bar.close()
         envs.close()
         cfg.planner = old_planner
 

@@ -174,11 +174,13 @@ class OnlineTrainer(RunFolder):
 
     def run_eval(self) -> dict:
         cfg = self.cfg
+        show = cfg.progress and self.accelerator.is_main_process
         res = evaluate(self.policy, cfg.task, cfg.eval_episodes, seed=cfg.seed + 777,
-                       episode_length=cfg.episode_length)
+                       episode_length=cfg.episode_length, progress=show)
         self.append_csv("eval.csv", dict(step=self.step, episode=self.episode, task=cfg.task,
                                          mean_return=res["mean_return"], std_return=res["std_return"],
-                                         episodes=cfg.eval_episodes, elapsed_s=round(self.elapsed, 1)),
+                                         episodes=cfg.eval_episodes, elapsed_s=round(self.elapsed, 1),
+                                         eval_s=round(res["seconds"], 1)),
                         replace_step=True)
         for old in getattr(cfg, "eval_old_tasks", ()):
             r = evaluate(self.policy, old, cfg.eval_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
