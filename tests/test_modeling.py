@@ -273,3 +273,13 @@ def test_loading_is_strict(tiny, tmp_path):
         MBDPODiffusionPolicy.from_pretrained(tmp_path / "empty")
     with pytest.raises(OSError, match="no such local folder, and not a Hub repo id"):
         MBDPODiffusionPolicy.from_pretrained(str(tmp_path / "nope" / "deeper"))
+
+
+def test_fast_mish_equals_torch_mish_and_its_gradient():
+    from mbdpo_hub.layers import mish
+
+    x = torch.linspace(-40, 40, 20001, requires_grad=True)
+    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x), rtol=1e-6, atol=2e-6)
+    (g,) = torch.autograd.grad(mish(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
