@@ -85,7 +85,10 @@ class SimNorm(nn.Module):
 def mish(x: torch.Tensor) -> torch.Tensor:
     """Mish, x tanh(softplus(x)), in the exact closed form x n / (n + 2) with n = e^x (e^x + 2): 1.6-1.8x faster
     than PyTorch's CPU kernel (which costs about half a same-sized matmul here), equal to it within 1e-6 in float32
-    (e^x is clamped at e^20, where the ratio is 1 in float32)."""
+    (e^x is clamped at e^20, where the ratio is 1 in float32). With autograd, PyTorch's fused kernel (its backward
+    is cheaper than differentiating the five ops here): planning is where the closed form pays."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return F.mish(x)
     e = torch.exp(x.clamp(max=20.0))
     n = (e + 2).mul_(e)
     return n.div_(n + 2).mul_(x)

@@ -275,11 +275,13 @@ def test_loading_is_strict(tiny, tmp_path):
         MBDPODiffusionPolicy.from_pretrained(str(tmp_path / "nope" / "deeper"))
 
 
-def test_fast_mish_equals_torch_mish_and_its_gradient():
+def test_fast_mish_equals_torch_mish():
     from mbdpo_hub.layers import mish
 
-    x = torch.linspace(-40, 40, 20001, requires_grad=True)
-    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x), rtol=1e-6, atol=2e-6)
-    (g,) = torch.autograd.grad(mish(x).sum(), x)
-    (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x)
-    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    x = torch.linspace(-40, 40, 20001)
+    with torch.no_grad():  # the closed form (planning)
+        torch.testing.assert_close(mish(x), torch.nn.functional.mish(x), rtol=1e-6, atol=2e-6)
+    xg = x.clone().requires_grad_(True)  # with autograd: PyTorch's kernel and its backward
+    (g,) = torch.autograd.grad(mish(xg).sum(), xg)
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(xg).sum(), xg)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
