@@ -1,4 +1,4 @@
-"""`mbdpo-hub` command line: demo, train, evaluate, convert, convert-dataset, card, push.
+"""`mbdpo-hub` command line: demo, train, evaluate, convert, convert-dataset, export-lerobot, import-lerobot, card, push.
 
     mbdpo-hub demo [key=value ...]          # the main job: fine-tune the embedded default (CPU, minutes)
     mbdpo-hub train --config recipes/configs/online.yaml task=walker-walk
@@ -153,6 +153,24 @@ def convert_main(argv: list[str] | None = None) -> int:
     return run_convert(parser.parse_args(argv))
 
 
+def cmd_export_lerobot(args) -> int:
+    from .data.lerobot import export_lerobot
+
+    out = export_lerobot(args.dataset, args.out, fps=args.fps, overwrite=args.overwrite)
+    print(f"wrote the LeRobotDataset v3 folder {out}")
+    return 0
+
+
+def cmd_import_lerobot(args) -> int:
+    from .data import read_info
+    from .data.lerobot import import_lerobot
+
+    out = import_lerobot(args.src, args.out, overwrite=args.overwrite)
+    info = read_info(out)
+    print(f"wrote {out}: {info['num_episodes']} episodes, {info['num_frames']} rows")
+    return 0
+
+
 def cmd_card(args) -> int:
     from .hub.cards import build_model_card
     from .modeling_mbdpo import MBDPODiffusionPolicy
@@ -223,6 +241,17 @@ def _main(argv=None) -> int:
     # convert / convert-dataset have their own full parsers (options anywhere, their own --help): routed first
     sub.add_parser("convert", help="official TD-MPC2/MBDPO .pt -> our format (see mbdpo-hub convert --help)")
     sub.add_parser("convert-dataset", help="TD-MPC2 .pt data chunks -> parquet (see mbdpo-hub convert-dataset --help)")
+    p = sub.add_parser("export-lerobot", help="our dataset -> a LeRobotDataset v3 folder")
+    p.add_argument("dataset", help="a dataset folder or Hub dataset id")
+    p.add_argument("out")
+    p.add_argument("--fps", type=int, default=30, help="nominal frames per second (timestamps)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export_lerobot)
+    p = sub.add_parser("import-lerobot", help="a LeRobotDataset v3 folder -> our dataset")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_import_lerobot)
     p = sub.add_parser("card", help="(re)write a run folder's model card")
     p.add_argument("run_dir")
     p.add_argument("--repo-id", default=None)

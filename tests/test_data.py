@@ -429,3 +429,81 @@ def test_unsafe_pickle_is_refused(tmp_path):
         load_tdmpc2_chunk(p)
     with pytest.raises(FileNotFoundError):
         load_tdmpc2_chunk(tmp_path / "missing.pt")
+
+
+# ------------------------------------------------------------------------------------- LeRobot v3 export / import
+def _entries(folder):
+    from mbdpo_hub.data.reading import dataset_arrow_table
+
+    t = dataset_arrow_table(load_dataset_folder(folder))
+    return {c: t.column(c).to_pylist() for c in ("episode_index", "frame_index", "task_index", "observation",
+                                                  "action", "reward", "terminated", "truncated")}
+
+
+def test_lerobot_export_schema_and_exact_round_trip(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mbdpo_hub.data.lerobot import export_lerobot, import_lerobot
+
+    src = tmp_path / "ds"
+    write_synth(src)
+    out = export_lerobot(src, tmp_path / "lerobot", fps=25)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == 25
+    assert info["total_episodes"] == len(LENGTHS) and info["total_frames"] == sum(LENGTHS)
+    feats = info["features"]
+    for k in ("observation.state", "action", "next.reward", "next.done", "timestamp", "frame_index",
+              "episode_index", "index", "task_index"):
+        assert k in feats, k
+    assert feats["observation.state"]["shape"] == [OBS_DIM] and len(feats["action"]["names"]) == ACT_DIM
+    frames = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
+    assert frames.num_rows == sum(LENGTHS) and frames.column("index").to_pylist() == list(range(sum(LENGTHS)))
+    # LeRobot's row layout: frame t holds (state_t, action_t, reward_t), not the buffer's (obs_t, a_{t-1}, r_{t-1})
+    ours = _entries(src)
+    assert frames.column("action").to_pylist()[0] == ours["action"][1]
+    assert frames.column("next.reward").to_pylist()[0] == ours["reward"][1]
+    eps = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    assert eps.column("length").to_pylist() == list(LENGTHS)
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert len(stats["observation.state"]["mean"]) == OBS_DIM and stats["next.reward"]["count"] == [sum(LENGTHS)]
+    back = import_lerobot(out, tmp_path / "back")
+    assert _entries(back) == ours  # exact
+    assert read_tasks(back)["tasks"] == read_tasks(src)["tasks"]
+    with pytest.raises(FileExistsError, match="exists"):
+        export_lerobot(src, out)
+
+
+def test_lerobot_import_of_a_foreign_dataset_drops_each_last_transition(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mbdpo_hub.data.lerobot import export_lerobot, import_lerobot
+
+    src = tmp_path / "ds"
+    write_synth(src)
+    out = export_lerobot(src, tmp_path / "lerobot")
+    f = out / "data" / "chunk-000" / "file-000.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.drop_columns(["next.observation.state", "next.terminated", "next.truncated"]), f)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    info.pop("mbdpo_hub")
+    (out / "meta" / "info.json").write_text(json.dumps(info))
+    back = import_lerobot(out, tmp_path / "back")
+    assert read_info(back)["num_frames"] == sum(LENGTHS) - len(LENGTHS) + len(LENGTHS)  # T-1 steps + reset row
+    assert {t["name"] for t in read_tasks(back)["tasks"]} == {t["name"] for t in TASKS}
+    with pytest.raises(ValueError, match="already an mbdpo_hub dataset"):
+        import_lerobot(tmp_path / "ds", tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="not a LeRobot dataset"):
+        import_lerobot(tmp_path, tmp_path / "x")
+
+
+def test_dataset_paths_given_as_strings_recover_and_missing_ones_are_named(tmp_path):
+    import os
+
+    folder = tmp_path / "ds"
+    write_synth(folder)
+    os.rename(folder, tmp_path / ".ds.old-deadbeef")  # a crash between the two renames of a swap
+    assert read_info(str(folder))["num_episodes"] == len(LENGTHS)  # a str path recovers too
+    with pytest.raises(FileNotFoundError, match="no such local folder"):
+        read_tasks(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no such local folder"):
+        read_tasks("relative/missing/folder")

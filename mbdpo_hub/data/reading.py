@@ -16,7 +16,14 @@ from ..utils import recover_folder
 
 # ---------------------------------------------------------------------------------------------- reading
 def _is_local(path_or_repo) -> bool:
-    return isinstance(path_or_repo, Path) or os.path.exists(str(path_or_repo))
+    """A local folder (also one a crash left as a backup, and any name that is not a Hub id), not a Hub repo."""
+    from ..utils import is_hub_repo_id
+
+    s = str(path_or_repo)
+    if isinstance(path_or_repo, Path) or os.path.exists(s) or not is_hub_repo_id(s):
+        return True
+    folder = Path(s)
+    return any(folder.parent.glob(f".{folder.name}.old-*"))  # left by a crash mid-swap: recover it
 
 
 def _hub_file(repo: str, filename: str, revision: str | None) -> Path:
@@ -30,6 +37,9 @@ def _read_meta_json(path_or_repo, name: str, revision: str | None = None) -> dic
         folder = Path(path_or_repo)
         recover_folder(folder)
         p = folder / "meta" / name
+        if not folder.exists():
+            raise FileNotFoundError(f"dataset {str(path_or_repo)!r}: no such local folder (and not a Hub dataset id "
+                                    "org/name)")
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: {folder} is not an mbdpo_hub dataset folder")
     else:
