@@ -12,7 +12,9 @@ batch size, evaluation schedule (`--eval-freq`, `--eval-episodes`, eval seed = s
   mbdpo_hub/pretrained/default, 1M preset, whose config.held_out_tasks are never in its training data); the new
   task's embedding row comes from `--task-init` (default auto: nearest for a new task). No seed phase: it plans from the first step
   and updates from the end of the first episode.
-* scratch: `recipes/train.py` mode=scratch, a fresh model of the same preset (`model_size=1`), with its usual
+* o2o: the same, mode=offline-to-online, the pretraining dataset (or `--offline-dataset`) mixed into every batch
+  at `--offline-ratio`.
+* scratch: `recipes/train.py`, a fresh model of the same preset (`model_size=1`), with its usual
   random-action seed phase of `--scratch-seed-steps` steps (default: the recipe's max(1000, 5 x episode length),
   2500 for 500-step DMC tasks) followed by a burst of `--scratch-seed-updates` updates (default = seed steps).
   With a small `--steps` budget, scratch spends most (or all) of it acting randomly: that is the recipe, reported
@@ -42,8 +44,8 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("finetune", "scratch")
-COLORS = {"finetune": "C0", "scratch": "C3"}
+METHODS = ("finetune", "o2o", "scratch")
+COLORS = {"finetune": "C0", "o2o": "C2", "scratch": "C3"}
 
 
 def run_dir(args, task: str, method: str, seed: int) -> Path:
@@ -55,7 +57,7 @@ def variants(args) -> list[str]:
     default seed phase, "scratch_ss<N>" for seed_steps=N)."""
     out = []
     for m in args.methods:
-        if m == "finetune":
+        if m in ("finetune", "o2o"):
             out.append(m)
         else:
             out += ["scratch" if v == "default" else f"scratch_ss{int(v)}" for v in args.scratch_seed_steps]
@@ -74,10 +76,14 @@ def command(args, task: str, method: str, seed: int) -> list[str]:
               "log_with=none", "num_envs=1",
               "planner=diffusion", f"diffusion_steps={args.diffusion_steps}", f"num_samples={args.num_samples}",
               f"num_elites={args.num_elites}", f"num_pi_trajs={args.num_pi_trajs}"]
-    if method == "finetune":
+    if method in ("finetune", "o2o"):
         ckpt = "null" if args.checkpoint is None else args.checkpoint
+        mode = ["mode=online"] if method == "finetune" else [
+            "mode=offline-to-online", f"offline_ratio={args.offline_ratio}",
+            f"offline_dataset={args.offline_dataset or 'null'}"]  # null: the checkpoint's pretraining dataset
+        old = [f"eval_old_tasks=[{','.join(args.eval_old_tasks)}]"] if args.eval_old_tasks else []
         return [sys.executable, str(REPO / "recipes" / "finetune.py"), "--config",
-                str(REPO / "recipes" / "configs" / "finetune.yaml"), "mode=online", f"checkpoint={ckpt}",
+                str(REPO / "recipes" / "configs" / "finetune.yaml"), *mode, *old, f"checkpoint={ckpt}",
                 f"task_init={args.task_init}", f"source_task={args.source_task or 'null'}", *common,
                 *args.overrides]
     extra = []
@@ -122,9 +128,16 @@ def read_run(run: Path) -> dict:
             for r in csv.DictReader(f):
                 steps.append(int(float(r["step"])))
                 returns.append(float(r["mean_return"]))
+    old_tasks: dict[str, dict] = {}
+    if (run / "eval_old_tasks.csv").exists():
+        with open(run / "eval_old_tasks.csv") as f:
+            for r in csv.DictReader(f):
+                o = old_tasks.setdefault(r["task"], dict(steps=[], returns=[]))
+                o["steps"].append(int(float(r["step"])))
+                o["returns"].append(float(r["mean_return"]))
     info = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").exists() else {}
     cfg = yaml.safe_load((run / "train_config.yaml").read_text()) if (run / "train_config.yaml").exists() else {}
-    return dict(steps=steps, returns=returns, finished=bool(info), env_steps=info.get("env_steps"),
+    return dict(steps=steps, returns=returns, old_tasks=old_tasks, finished=bool(info), env_steps=info.get("env_steps"),
                 updates=info.get("updates"), elapsed_s=info.get("elapsed_s"),
                 s_per_env_step=(info["elapsed_s"] / info["env_steps"]) if info.get("env_steps") else None,
                 config=cfg)
@@ -187,13 +200,14 @@ def summarize(args) -> dict:
             lines.append(f"| {task} | {s} | " + " | ".join(cells) + " |")
             rows.append(dict(task=task, step=s, **{m: cells[j] for j, m in enumerate(variants(args))}))
     table = "\n".join(lines)
+    targets = check_targets(runs, curves, args)
     setting = dict(steps=args.steps, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, utd=args.utd,
                    batch_size=args.batch_size, planner="diffusion", diffusion_steps=args.diffusion_steps,
                    num_samples=args.num_samples, num_elites=args.num_elites, num_pi_trajs=args.num_pi_trajs,
                    checkpoint=args.checkpoint or "embedded default (mbdpo_hub/pretrained/default)",
                    task_init=args.task_init, source_task=args.source_task, scratch_seed_steps=args.scratch_seed_steps,
                    scratch_seed_updates=args.scratch_seed_updates, threads=args.threads, overrides=args.overrides)
-    payload = dict(benchmark="finetune_vs_scratch", setting=setting, runs=runs, curves=curves,
+    payload = dict(benchmark="finetune_vs_scratch", setting=setting, runs=runs, curves=curves, targets=targets,
                    table_markdown=table, std="population std over seeds (ddof=0)",
                    load_average=list(os.getloadavg()), written=time.strftime("%Y-%m-%d %H:%M:%S"))
     out = Path(args.out)
@@ -208,8 +222,45 @@ def summarize(args) -> dict:
             print(f"{r['task']} {r['method']:8s} s{r['seed']}: {r['env_steps']} env steps, {r['updates']} updates "
                   f"(seed phase {r['seed_steps']} random steps), {r['elapsed_s']:.0f} s "
                   f"({r['s_per_env_step'] * 1000:.0f} ms/step)")
+    print(json.dumps(targets, indent=1))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return payload
+
+
+def check_targets(runs, curves, args) -> dict:
+    """The issue's targets, from the curves: (a) fine-tuning reaches scratch's final return in at most 1/3 of the
+    steps; (b) no evaluation after the first 1,000 fine-tuning steps below 80% of the zero-shot return (where that
+    is at least 100); (c) how much of the source tasks' returns fine-tuning keeps (eval_old_tasks)."""
+    out: dict = {}
+    for task in args.tasks:
+        scratch = curves.get(f"{task}/scratch")
+        t = out.setdefault(task, {})
+        final = scratch["mean"][-1] if scratch and scratch["mean"] else None
+        t["scratch_final"] = final
+        for method in ("finetune", "o2o"):
+            c = curves.get(f"{task}/{method}")
+            if not c:
+                continue
+            reach = next((s for s, m in zip(c["steps"], c["mean"]) if final is not None and m >= final), None)
+            m = t.setdefault(method, {})
+            m["steps_to_scratch_final"] = reach
+            m["within_a_third"] = reach is not None and reach <= args.steps / 3
+            checks = []
+            for r in runs:
+                if r["task"] != task or r["method"] != method or not r["returns"] or r["steps"][0] != 0:
+                    continue
+                zero = r["returns"][0]
+                later = [v for s, v in zip(r["steps"], r["returns"]) if s >= 1000]
+                ok = zero < 100 or not later or min(later) >= 0.8 * zero
+                checks.append(dict(seed=r["seed"], zero_shot=zero, min_after_1000=min(later) if later else None,
+                                   ok=ok))
+                for old, o in r["old_tasks"].items():
+                    if o["returns"] and o["returns"][0]:
+                        m.setdefault("old_tasks_kept", {}).setdefault(old, []).append(
+                            o["returns"][-1] / o["returns"][0])
+            m["no_collapse"] = checks
+            m["no_collapse_all"] = bool(checks) and all(x["ok"] for x in checks)
+    return out
 
 
 def plot(runs, curves, args, path: Path) -> None:
@@ -268,7 +319,10 @@ def main(argv=None):
     ap.add_argument("--num-elites", type=int, default=16)
     ap.add_argument("--num-pi-trajs", type=int, default=8)
     ap.add_argument("--checkpoint", default=None, help="fine-tuning source; default the embedded default")
-    ap.add_argument("--task-init", default="auto", help="task-embedding init: auto, own, source, nearest or mean")
+    ap.add_argument("--task-init", default="auto", help="task-embedding init: auto, fit, own, source, nearest, mean")
+    ap.add_argument("--offline-dataset", default=None, help="o2o: the offline data (default: the pretraining set)")
+    ap.add_argument("--offline-ratio", type=float, default=0.5)
+    ap.add_argument("--eval-old-tasks", nargs="*", default=[], help="source tasks evaluated beside the new one")
     ap.add_argument("--source-task", default=None, help="the checkpoint task whose row is copied (task_init=source)")
     ap.add_argument("--scratch-seed-steps", nargs="+", default=["default"],
                     help="scratch's random-action seed phase, one scratch variant per value: 'default' (the "
