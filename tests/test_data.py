@@ -507,3 +507,25 @@ def test_dataset_paths_given_as_strings_recover_and_missing_ones_are_named(tmp_p
         read_tasks(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="no such local folder"):
         read_tasks("relative/missing/folder")
+
+
+def test_fill_buffer_names_bad_columns_and_unknown_tasks(tmp_path):
+    import pyarrow as pa
+
+    from mbdpo_hub.buffer import ReplayBuffer
+    from mbdpo_hub.data.reading import dataset_arrow_table
+
+    folder = tmp_path / "ds"
+    write_synth(folder)
+    table = dataset_arrow_table(load_dataset_folder(folder))
+    buf = ReplayBuffer(1000, OBS_DIM, ACT_DIM, 3, 4)
+    with pytest.raises(ValueError, match="no 'reward' column"):
+        fill_buffer(buf, table.drop_columns(["reward"]))
+    strings = table.set_column(table.column_names.index("reward"), "reward",
+                               pa.array([str(v) for v in table.column("reward").to_pylist()]))
+    with pytest.raises(ValueError, match="column 'reward' has type string"):
+        fill_buffer(buf, strings)
+    meta = read_tasks(folder)
+    meta = {**meta, "tasks": meta["tasks"][:1]}
+    with pytest.raises(ValueError, match="task_index \\[1\\], which meta/tasks.json does not list"):
+        fill_buffer(buf, table, dataset_tasks=meta)

@@ -117,7 +117,9 @@ def load_dataset_folder(path_or_repo, revision: str | None = None, split: str = 
             raise FileNotFoundError(f"dataset folder {folder} does not exist")
         files = sorted((folder / "data").glob("*.parquet"))
         if not files:
-            raise FileNotFoundError(f"no parquet shards under {folder / 'data'}")
+            if (folder / "meta" / "info.json").is_file() and int(read_info(folder).get("num_frames", 1)) == 0:
+                raise ValueError(f"dataset {folder} is empty (0 episodes): add episodes before training on it")
+            raise FileNotFoundError(f"no parquet shards under {folder / 'data'}: not an mbdpo_hub dataset folder")
         rows = _check_shards(files)
         tasks_meta = None
         info_path = folder / "meta" / "info.json"
@@ -160,6 +162,22 @@ def dataset_arrow_table(dataset):
     if getattr(dataset, "_indices", None) is not None:
         dataset = dataset.flatten_indices()
     return dataset.data.table
+
+
+def check_columns(table) -> None:
+    """The columns a buffer needs, with usable types: one line naming what is missing or wrong."""
+    import pyarrow as pa
+
+    need = {"episode_index": pa.types.is_integer, "frame_index": pa.types.is_integer,
+            "task_index": pa.types.is_integer, "reward": pa.types.is_floating,
+            "terminated": lambda t: pa.types.is_boolean(t) or pa.types.is_integer(t)}
+    for col, ok in need.items():
+        if col not in table.column_names:
+            raise ValueError(f"dataset has no {col!r} column (columns: {table.column_names}): not an mbdpo_hub "
+                             "episode dataset")
+        if not ok(table.schema.field(col).type):
+            raise ValueError(f"dataset column {col!r} has type {table.schema.field(col).type}, which is not usable "
+                             "(rewards must be floats, indices integers)")
 
 
 def _fixed_dim(table, col: str) -> int:
@@ -282,12 +300,19 @@ def fill_buffer(buffer, dataset, tasks=None, task_map=None, dataset_tasks: dict 
     if dataset_tasks is None and not _is_arrow_table(dataset):
         dataset_tasks = _tasks_from_dataset(dataset)
     table = dataset_arrow_table(dataset)
+    check_columns(table)
     od, ad = _fixed_dim(table, "observation"), _fixed_dim(table, "action")
     for what, d_data, d_buf in (("observation", od, buffer.obs_dim), ("action", ad, buffer.action_dim)):
         if d_data != d_buf and not (pad and d_data < d_buf):
             raise ValueError(f"dataset {what} dim {d_data} does not match the buffer/model {what} dim {d_buf}"
                              + ("" if d_data > d_buf else " (pass pad=True to zero-pad)"))
     eps = episode_table(table)
+    if dataset_tasks:
+        known = {int(t["task_index"]) for t in dataset_tasks.get("tasks", [])}
+        unknown = sorted(set(eps["task_index"].tolist()) - known)
+        if unknown:
+            raise ValueError(f"dataset episodes have task_index {unknown[:5]}, which meta/tasks.json does not list "
+                             f"(it lists {sorted(known)}): the dataset is inconsistent")
     keep, model_ids = resolve_task_selection(eps["task_index"], tasks, task_map, dataset_tasks)
     if episodes is not None:
         if isinstance(episodes, (int, np.integer)):
