@@ -109,12 +109,26 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
         raise OfficialCheckpointError(
             f"{path} holds a {type(obj).__name__}, not a state dict: it is not a TD-MPC2 / MBDPO checkpoint.")
     out: dict[str, torch.Tensor] = {}
+    extra, wide = [], []
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            continue  # tensordict metadata: torch.Size batch sizes, None devices
+            if not (isinstance(key, str) and key.rsplit(".", 1)[-1].startswith("__")):  # tensordict's __batch_size
+                extra.append(str(key))
+            continue
         if value.device.type == "meta" or _META_Q_KEY.match(key):
             continue
+        if value.is_floating_point() and value.dtype != torch.float32:
+            wide.append(f"{key} ({value.dtype})")
+            value = value.float()
         out[key] = value
+    if extra:
+        warnings.warn(f"{path}: ignored non-tensor entries {extra[:8]}", stacklevel=3)
+    if wide:
+        warnings.warn(f"{path}: cast to float32 (the official code saves float32): {wide[:8]}", stacklevel=3)
+    bad = [k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise OfficialCheckpointError(f"{path} holds non-finite (NaN/inf) weights in {bad[:8]}: refusing to import "
+                                      "it")
     if not any(k.startswith(_KNOWN_PREFIXES) for k in out) or not any(k.startswith("_encoder.") for k in out):
         shown = sorted(map(str, obj.keys()))[:8]
         raise OfficialCheckpointError(

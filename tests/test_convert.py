@@ -615,3 +615,25 @@ def test_decompression_bomb_is_refused(tmp_path):
     with pytest.raises(OfficialCheckpointError, match="decompresses to more than 64 MiB"):
         load_official_state_dict(bomb)
     assert convert_main([str(bomb), str(tmp_path / "out")]) == 1
+
+
+def test_import_refuses_nan_and_reports_odd_entries(tmp_path):
+    import warnings as w
+
+    src = FIXTURES / "tdmpc2-mt30-1m.pt.xz"
+    if not src.exists():
+        pytest.skip("official fixture not found")
+    sd = load_official_state_dict(src)
+    key = next(k for k in sd if k.startswith("_dynamics.") and sd[k].is_floating_point())
+    bad = dict(sd, **{key: sd[key] * float("nan")})
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(OfficialCheckpointError, match="non-finite"):
+        load_official_state_dict(tmp_path / "nan.pt")
+    odd = dict(sd, note="hello", **{key: sd[key].double()})
+    torch.save(odd, tmp_path / "odd.pt")
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        out = load_official_state_dict(tmp_path / "odd.pt")
+    said = " ".join(str(c.message) for c in caught)
+    assert "ignored non-tensor entries ['note']" in said and "cast to float32" in said
+    assert out[key].dtype == torch.float32
