@@ -256,6 +256,11 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], tasks: str | list[str] 
     if obs_dim <= 0 or action_dim <= 0:
         raise OfficialCheckpointError(f"Inferred obs_dim={obs_dim}, action_dim={action_dim}: inconsistent shapes.")
     dyn_in = int(sd["_dynamics.0.weight"].shape[1])
+    if dyn_in > latent_dim + action_dim and "_task_emb.weight" not in sd:
+        raise OfficialCheckpointError(
+            f"the file has no task embedding (_task_emb.weight), but _dynamics.0.weight takes {dyn_in} inputs "
+            f"(latent {latent_dim} + action {action_dim} + {dyn_in - latent_dim - action_dim} task columns): a "
+            "multi-task checkpoint with its embedding missing")
     if dyn_in != latent_dim + action_dim + task_dim:
         raise OfficialCheckpointError(
             f"_dynamics.0.weight takes {dyn_in} inputs, expected latent {latent_dim} + task {task_dim} + action "
@@ -277,7 +282,11 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], tasks: str | list[str] 
         fields["use_score_network"] = bool(keep_score_network)
     fields["model_size"] = _match_model_size(arch, fields.get("task_set"))
     fields.update(overrides)
-    return MBDPOConfig(**fields)
+    try:
+        return MBDPOConfig(**fields)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub's strict-dataclass errors wrap the cause
+        cause = e.__cause__ or e
+        raise OfficialCheckpointError(f"the checkpoint's tensors describe an invalid model: {cause}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -114,9 +114,12 @@ def report_errors(main, argv=None) -> int:
 
     try:
         return main(argv) or 0
-    except (ValueError, OSError, TypeError, RuntimeError, KeyError) as e:
-        if os.environ.get("MBDPO_DEBUG"):
+    except Exception as e:  # noqa: BLE001 - bad input of any library's kind; programming errors keep the traceback
+        known = (ValueError, OSError, TypeError, RuntimeError, KeyError)
+        if os.environ.get("MBDPO_DEBUG") or not (isinstance(e, known) or type(e).__name__.startswith("StrictDataclass")):
             raise
+        if type(e).__name__.startswith("StrictDataclass") and e.__cause__ is not None:
+            e = e.__cause__
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg} ({type(e).__name__}; MBDPO_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2

@@ -637,3 +637,29 @@ def test_import_refuses_nan_and_reports_odd_entries(tmp_path):
     said = " ".join(str(c.message) for c in caught)
     assert "ignored non-tensor entries ['note']" in said and "cast to float32" in said
     assert out[key].dtype == torch.float32
+
+
+def test_broken_multitask_files_get_one_line_errors(tmp_path, capsys):
+    import warnings as w
+
+    src = FIXTURES / "tdmpc2-mt30-1m.pt.xz"
+    if not src.exists():
+        pytest.skip("official fixture not found")
+    with w.catch_warnings():
+        w.simplefilter("ignore")
+        sd = load_official_state_dict(src)
+    cases = {
+        "no_emb": ({k: v for k, v in sd.items() if not k.startswith("_task_emb")}, "no task embedding \\(_task_emb"),
+        "term": (dict(sd, **{"_termination.0.weight": torch.zeros(512, 608), "_termination.0.bias": torch.zeros(512)}),
+                 "episodic=True .* single-task only"),
+        "one_q": ({k: (v[:1] if k.startswith(("_Qs.params", "_target_Qs_params", "_detach_Qs_params")) else v)
+                   for k, v in sd.items()}, "num_q=1"),
+    }
+    from mbdpo_hub.cli import main
+
+    for name, (state, match) in cases.items():
+        torch.save(state, tmp_path / f"{name}.pt")
+        with pytest.raises(OfficialCheckpointError, match=match):
+            convert_official_checkpoint(tmp_path / f"{name}.pt", tasks="mt30")
+        assert main(["convert", str(tmp_path / f"{name}.pt"), str(tmp_path / name), "--tasks", "mt30"]) == 1
+        assert "Traceback" not in capsys.readouterr().err
