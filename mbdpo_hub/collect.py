@@ -111,8 +111,7 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
     from .data import DatasetWriter
 
     spec = {t["name"]: t for t in table}[task]
-    obs_dim = max(t["obs_dim"] for t in table)
-    action_dim = max(t["action_dim"] for t in table)
+    table, obs_dim, action_dim = merged_task_table(dataset_dir, table)
     n = 0
     with DatasetWriter(dataset_dir, tasks=table, obs_dim=obs_dim, action_dim=action_dim, append=True,
                        name=name, source=source) as w:
@@ -125,6 +124,31 @@ def export_buffer(buffer, dataset_dir, task: str, table: list[dict], name: str |
             w.add_episode(obs, act, rew, term, task=task, truncated=not bool(term[-1]))
             n += 1
     return n
+
+
+def merged_task_table(dataset_dir, table: list[dict]) -> tuple[list[dict], int, int]:
+    """`table` with the task indices an existing dataset already gave (new tasks take the next free ones), and the
+    padded dims: several collectors with different task lists append to one dataset consistently."""
+    from .data import read_tasks
+
+    if not (Path(dataset_dir) / "meta" / "tasks.json").is_file():
+        table = [dict(t, task_index=i) for i, t in enumerate(table)]
+        return table, max(t["obs_dim"] for t in table), max(t["action_dim"] for t in table)
+    meta = read_tasks(dataset_dir)
+    existing = {t["name"]: t for t in meta["tasks"]}
+    nxt = max((int(t["task_index"]) for t in meta["tasks"]), default=-1) + 1
+    out = []
+    for t in table:
+        if t["name"] in existing:
+            out.append({k: existing[t["name"]][k] for k in ("task_index", "name", "obs_dim", "action_dim",
+                                                                "episode_length") if k in existing[t["name"]]})
+            continue
+        if t["obs_dim"] > int(meta["obs_dim"]) or t["action_dim"] > int(meta["action_dim"]):
+            raise ValueError(f"task {t['name']!r} (obs {t['obs_dim']}, action {t['action_dim']}) does not fit dataset "
+                             f"{dataset_dir}, padded to (obs {meta['obs_dim']}, action {meta['action_dim']})")
+        out.append(dict(t, task_index=nxt))
+        nxt += 1
+    return out, int(meta["obs_dim"]), int(meta["action_dim"])
 
 
 def write_collection_card(dataset_dir, summary: dict, steps_per_task: int) -> None:

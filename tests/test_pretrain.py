@@ -247,3 +247,26 @@ def test_two_processes_one_consistent_checkpoint(tmp_path):
     from mbdpo_hub.training.offline import state_hash
 
     assert state_hash(MBDPODiffusionPolicy.from_pretrained(out)) == h0.strip()
+
+
+def test_collectors_with_different_task_lists_share_one_dataset(tmp_path):
+    from mbdpo_hub.buffer import ReplayBuffer
+    from mbdpo_hub.collect import export_buffer, task_table
+    from mbdpo_hub.data import read_tasks
+
+    def buffer_with(task_dims):
+        buf = ReplayBuffer(200, 24, 6, 3, 4)
+        o, a = task_dims
+        obs = np.zeros((11, 24), np.float32)
+        buf.add_episode(obs, np.zeros((11, 6), np.float32), np.ones(11, np.float32), task=0)
+        return buf
+
+    ds = tmp_path / "ds"
+    first = task_table(["cartpole-balance", "walker-stand"])   # worker 0
+    second = task_table(["finger-spin", "walker-walk"])         # worker 1: its own list, its own positions
+    export_buffer(buffer_with((5, 1)), ds, "cartpole-balance", first)
+    export_buffer(buffer_with((9, 2)), ds, "finger-spin", second)
+    export_buffer(buffer_with((24, 6)), ds, "walker-stand", first)
+    names = {t["name"]: (t["task_index"], t["num_episodes"]) for t in read_tasks(ds)["tasks"]}
+    assert names["cartpole-balance"] == (0, 1) and names["walker-stand"] == (1, 1)
+    assert names["finger-spin"][1] == 1 and names["finger-spin"][0] not in (0, 1)
