@@ -329,12 +329,6 @@ class OfflinePretrainer(RunFolder):
         acc.wait_for_everyone()
 
     # --- the loop ----------------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        try:
-            return self._run()
-        finally:
-            self.unlock_folder()
-
     def _run(self) -> dict:
         self.setup()
         cfg, acc = self.cfg, self.accelerator

@@ -190,12 +190,6 @@ class OnlineTrainer(RunFolder):
         return res
 
     # --- the loop ------------------------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        try:
-            return self._run()
-        finally:
-            self.unlock_folder()
-
     def _run(self) -> dict:
         from ..recorder import EpisodeRecorder
 

@@ -102,6 +102,13 @@ class RunFolder:
             raise RuntimeError(f"another process is running in output_dir {self.out} (it holds {self.out}/.lock): "
                                "wait for it to finish or use another output_dir") from None
 
+    def run(self) -> dict:
+        """Run the subclass's `_run`; the folder lock is released however it ends."""
+        try:
+            return self._run()
+        finally:
+            self.unlock_folder()
+
     def unlock_folder(self) -> None:
         lock = getattr(self, "_lock", None)
         if lock is not None:
