@@ -485,7 +485,7 @@ def make_finetune_trainer(cfg, command: str | None = None):
         raise TypeError(f"make_finetune_trainer needs a FinetuneConfig (load_finetune_config), got "
                         f"{type(cfg).__name__}")
     policy, info = prepare_finetune_policy(cfg)
-    offline = None
+    offline = dataset = None
     if cfg.mode == "offline-to-online":
         dataset = cfg.offline_dataset or pretraining_dataset_of(policy)
         if not dataset:
@@ -518,8 +518,7 @@ def make_finetune_trainer(cfg, command: str | None = None):
     if info["extended_obs"] or info["extended_action"]:
         notes += f" Input dims extended: obs {info['extended_obs']}, action {info['extended_action']}."
     if offline is not None:
-        notes += f" Offline data: {cfg.offline_dataset or pretraining_dataset_of(policy)} (ratio {cfg.offline_ratio})."
-    dataset = cfg.offline_dataset or pretraining_dataset_of(policy) if offline is not None else None
+        notes += f" Offline data: {dataset} (ratio {cfg.offline_ratio})."
     from .utils import is_hub_repo_id
 
     card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes, usage_task=cfg.task,
@@ -529,12 +528,9 @@ def make_finetune_trainer(cfg, command: str | None = None):
     first_update_hook = None
     if info.get("init") == "fit":
         def first_update_hook(tr):
-            batches = [tr.buffer.sample() for _ in range(cfg.fit_batches)]
-            dev = tr.accelerator.device
-            batches = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()} for b in batches]
+            batches = [tr.device_batch(tr.buffer.sample()) for _ in range(cfg.fit_batches)]  # the task's own data
             res = fit_task_row(tr.learner, batches, tr.task_id, cfg.fit_steps, cfg.fit_lr)
             res.update(step=tr.step, episodes=tr.episode)
-            tr.task_fit = res
             if tr.accelerator.is_main_process:
                 import json
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,10 @@ def evaluate(policy: MBDPODiffusionPolicy, task: str, episodes: int = 10, seed: 
     batched over them. Returns mean/std return (and success where the env reports it). With `video_path`, one more
     episode is rendered and written there. The caller's warm-start plans are neither read nor overwritten.
     `progress` shows a bar over the episode's steps (an evaluation with the full planner takes minutes on a CPU)."""
-    import time
-
-    from ..envs import task_spec
+    from ..envs import make_vec_env, task_spec
 
     if episodes < 1:
         raise ValueError(f"evaluation episodes must be at least 1, got {episodes}")
-    from ..envs import make_vec_env
 
     cfg = policy.config
     task_id = cfg.task_id(task)

@@ -150,6 +150,7 @@ class OfflinePretrainer(RunFolder):
         cfg = self.cfg
         cfg.validate()
         acc = self.init_accelerator()
+        self.check_folder()  # before anything is built, resumed or written
         if cfg.batch_size % acc.num_processes:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by num_processes={acc.num_processes}")
         self.local_batch = cfg.batch_size // acc.num_processes
@@ -212,11 +213,7 @@ class OfflinePretrainer(RunFolder):
 
     # --- steps -------------------------------------------------------------------------------------------------
     def update(self) -> dict:
-        dev = self.accelerator.device
-        batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.buffer.sample().items()}
-        if self.config.num_tasks == 1:
-            batch["task"] = None
-        metrics = self.learner.update(batch)  # bf16 autocast around its forward passes only
+        metrics = self.learner.update(self.device_batch(self.buffer.sample()))  # bf16 autocast around its forward passes only
         self.step += 1
         for k, v in metrics.items():
             self.metrics_acc.setdefault(k, []).append(v)

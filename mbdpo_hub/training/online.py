@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..configuration_mbdpo import MBDPOConfig
 from ..learner import MBDPOLearner
@@ -59,6 +58,7 @@ class OnlineTrainer(RunFolder):
         from ..envs import make_vec_env, task_spec
 
         cfg, acc = self.cfg, self.init_accelerator()
+        self.check_folder()  # before anything is built or written
         set_seed(cfg.seed + acc.process_index)
         self.policy = self.policy_factory(cfg).to(acc.device)
         pcfg = self.policy.config
@@ -139,12 +139,8 @@ class OnlineTrainer(RunFolder):
             self.update_debt += self.cfg.utd * self.cfg.num_envs
             n = int(self.update_debt)
             self.update_debt -= n
-        dev = self.accelerator.device
         for _ in range(n):
-            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in self.sample_batch().items()}
-            if self.policy.config.num_tasks == 1:
-                batch["task"] = None
-            for k, v in self.learner.update(batch).items():
+            for k, v in self.learner.update(self.device_batch(self.sample_batch())).items():
                 self.metrics_acc.setdefault(k, []).append(v)
 
     def end_episode(self, episode: dict, env: int) -> None:
@@ -201,7 +197,7 @@ class OnlineTrainer(RunFolder):
         for i, rec in enumerate(episodes):
             rec.start(pad_to(obs[i].astype(np.float32), O))
         if cfg.is_finetune and self.step == 0 and cfg.eval_freq > 0:
-            self.zero_shot = self.run_eval()  # the adapted checkpoint's return: what fine-tuning must improve on
+            self.run_eval()  # the adapted checkpoint's return: what fine-tuning must improve on
             self.next_eval = cfg.eval_freq
         bar = self.progress_bar(unit="step", desc=cfg.task)
         t_last = time.perf_counter()

@@ -133,9 +133,8 @@ class RunFolder:
         return self.accelerator
 
     def start_folder(self) -> None:
-        """Check the folder is this run's (or new), lock it, write run.json and the config file, start trackers."""
+        """Lock the folder, write run.json and the config file, start trackers (after `check_folder`)."""
         acc = self.accelerator
-        self.check_folder()
         if acc.is_main_process:
             self.lock_folder()
             atomic_write_text(self.out / "run.json", json.dumps(self.identity(), indent=2))
@@ -152,16 +151,9 @@ class RunFolder:
         if not self.accelerator.is_main_process or not rows:
             return
         path = self.out / name
-        if replace_step and path.exists():
+        if replace_step:
             key = {(str(r["step"]), str(r.get("task", ""))) for r in rows}
-            with path.open() as f:
-                old = list(csv.DictReader(f))
-            keep = [r for r in old if (str(int(float(r["step"]))), r.get("task", "") or "") not in key]
-            if len(keep) != len(old):
-                with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=list(old[0]))
-                    w.writeheader()
-                    w.writerows(keep)
+            _filter_csv(path, lambda r: (str(int(float(r["step"]))), r.get("task", "") or "") not in key)
         new = not path.exists()
         with path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -174,18 +166,7 @@ class RunFolder:
         if not self.accelerator.is_main_process:
             return
         for name in self.csv_files:
-            path = self.out / name
-            if not path.exists():
-                continue
-            with path.open() as f:
-                rows = list(csv.DictReader(f))
-            if not rows:
-                continue
-            keep = [r for r in rows if int(float(r["step"])) <= self.step]
-            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(keep)
+            _filter_csv(self.out / name, lambda r: int(float(r["step"])) <= self.step)
 
     def first_eval(self, step: int = 0) -> tuple[float, float] | None:
         """(mean, std) return of eval.csv's first row when it was logged at `step` (a fine-tuning run's zero-shot
@@ -207,6 +188,14 @@ class RunFolder:
 
         return tqdm(total=self.cfg.steps, initial=self.step, unit=unit, desc=desc, dynamic_ncols=True)
 
+    def device_batch(self, batch: dict) -> dict:
+        """A sampled batch on the accelerator's device (task ids None for a single-task model)."""
+        dev = self.accelerator.device
+        batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if self.policy.config.num_tasks == 1:
+            batch["task"] = None
+        return batch
+
     def log(self, values: dict) -> None:
         if self.accelerator.trackers:
             self.accelerator.log(values, step=self.step)
@@ -223,11 +212,11 @@ class RunFolder:
 
     def resume(self) -> Path | None:
         """Load the latest intact checkpoint (when `cfg.resume`) and cut the logs back to it; returns its path or
-        None. A damaged checkpoint is reported by name and the previous one is tried."""
-        self.check_folder()  # never resume someone else's run
-        if not self.cfg.resume or latest_checkpoint(self.ckpt_root) is None:
+        None. A damaged checkpoint is reported by name and the previous one is tried. Call after `check_folder`
+        (never resume someone else's run)."""
+        newest = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
+        if newest is None:
             return None
-        newest = latest_checkpoint(self.ckpt_root)
         candidates = [newest] + sorted((p for p in self.ckpt_root.glob("step_*") if p.is_dir() and p != newest
                                         and (p / "state.json").is_file()), reverse=True)
         for ckpt in candidates:
@@ -270,6 +259,21 @@ class RunFolder:
         extra = {Path(p).name: str(p) for p in files if p is not None and Path(p).exists()}
         push_pretrained(self.policy, self.cfg.hub_repo_id, card=card, extra_files=extra, commit_message=message,
                         **kw)
+
+
+def _filter_csv(path: Path, keep) -> None:
+    """Rewrite the CSV at `path` (atomically) with only the rows `keep(row)` accepts; no-op when nothing is dropped."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if keep(r)]
+    if len(kept) == len(rows):
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
 
 
 __all__ = ["RunFolder", "TRAIN_METRICS"]
