@@ -473,6 +473,37 @@ def test_lerobot_export_schema_and_exact_round_trip(tmp_path):
         export_lerobot(src, out)
 
 
+def test_lerobot_task_index_is_the_row_of_tasks_parquet(tmp_path):
+    """LeRobot names a frame's task by position (``meta.tasks.iloc[task_index]``): with our task indices 5 and 2
+    used and 0 unused, the frames hold rows 0..1 of tasks.parquet, and the import restores our indices."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from mbdpo_hub.data.lerobot import export_lerobot, import_lerobot
+
+    tasks = [{"name": "idle", "obs_dim": 3, "action_dim": 1, "episode_length": 40, "task_index": 0},
+             {"name": "small", "obs_dim": 3, "action_dim": 1, "episode_length": 40, "task_index": 2},
+             {"name": "big", "obs_dim": 5, "action_dim": 3, "episode_length": 40, "task_index": 5}]
+    src = tmp_path / "ds"
+    with DatasetWriter(src, tasks, obs_dim=OBS_DIM, action_dim=ACT_DIM) as w:
+        for ep, steps in enumerate([6, 4, 5]):
+            task = 5 if ep != 1 else 2
+            o, a, r, t = synth_episode(ep, steps, 0 if task == 5 else 1)
+            w.add_episode(o, a, r, t, task=task)
+    out = export_lerobot(src, tmp_path / "lerobot")
+    names = pd.read_parquet(out / "meta" / "tasks.parquet")
+    assert list(names.index) == ["small", "big"] and names["task_index"].tolist() == [0, 1]
+    assert json.loads((out / "meta" / "info.json").read_text())["total_tasks"] == 2
+    frames = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    eps = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pydict()
+    ep_task = dict(zip(eps["episode_index"], (t[0] for t in eps["tasks"])))
+    assert all(names.iloc[ti].name == ep_task[e] for ti, e in zip(frames["task_index"], frames["episode_index"]))
+    assert [ep_task[e] for e in (0, 1, 2)] == ["big", "small", "big"]
+    back = import_lerobot(out, tmp_path / "back")
+    assert _entries(back) == _entries(src)  # our task indices 5, 2, 5 again
+    assert read_tasks(back)["tasks"] == read_tasks(src)["tasks"]
+
+
 def test_lerobot_import_of_a_foreign_dataset_drops_each_last_transition(tmp_path):
     import pyarrow.parquet as pq
 

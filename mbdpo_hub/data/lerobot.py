@@ -8,9 +8,12 @@ frame t of an episode of T steps holds ``observation.state`` = obs_t, ``action``
 ``next.done`` (the episode ends after this frame), plus ``next.observation.state`` = obs_{t+1},
 ``next.terminated`` and ``next.truncated`` so that nothing is lost (the last observation, and whether an episode
 ended by termination or by its time limit). ``timestamp`` = frame_index / fps; ``index`` is the global frame
-index. Tasks are the task names. Layout (v3.0): ``meta/info.json`` (codebase_version, fps, features with names,
-our task table under ``mbdpo_hub``), ``meta/stats.json``, ``meta/tasks.parquet``,
-``meta/episodes/chunk-000/file-000.parquet``, ``data/chunk-000/file-NNN.parquet``, ``README.md``.
+index. Tasks are the task names; LeRobot looks a frame's task up by position (``tasks.iloc[task_index]``), so
+the frames' ``task_index`` is the row of ``meta/tasks.parquet`` (0..K-1 over the tasks present, in our order) and
+our own task indices stay in the task table in ``meta/info.json`` (the import maps back by task name).
+Layout (v3.0): ``meta/info.json`` (codebase_version, fps, features with names, our task table under
+``mbdpo_hub``), ``meta/stats.json``, ``meta/tasks.parquet``, ``meta/episodes/chunk-000/file-000.parquet``,
+``data/chunk-000/file-NNN.parquet``, ``README.md``.
 
 Importing a LeRobot dataset written elsewhere (no ``next.observation.state``) uses the next frame's state and drops
 each episode's last transition, whose next observation is unknown.
@@ -92,13 +95,15 @@ def export_lerobot(dataset, dst, fps: int = 30, overwrite: bool = False) -> Path
     ep_ids, ep_len = np.unique(ep_of, return_counts=True)
     names = {int(t["task_index"]): t["name"] for t in tasks_meta["tasks"]}
     task_idx = np.repeat(eps["task_index"], eps["length"])[nxt]
+    used = np.unique(task_idx)  # our task indices present, sorted; LeRobot's index is the position in this list
+    lr_task = np.searchsorted(used, task_idx)
     cols = {
         "observation.state": _fixed(obs[cur]), "action": _fixed(act[nxt]),
         "next.observation.state": _fixed(obs[nxt]), "next.reward": pa.array(rew[nxt], pa.float32()),
         "next.done": pa.array(last | term[nxt]), "next.terminated": pa.array(term[nxt]),
         "next.truncated": pa.array(trunc[nxt]), "timestamp": pa.array((frame[cur] / fps).astype(np.float32)),
         "frame_index": pa.array(frame[cur]), "episode_index": pa.array(ep_of), "index": pa.array(np.arange(len(nxt))),
-        "task_index": pa.array(task_idx)}
+        "task_index": pa.array(lr_task)}
     frames = pa.table(cols)
     dst = Path(dst)
     tmp = _prepare(dst, overwrite)
@@ -120,9 +125,9 @@ def export_lerobot(dataset, dst, fps: int = 30, overwrite: bool = False) -> Path
         path = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(episodes, path)
-        used = sorted(set(int(t) for t in ep_tasks))
-        pd.DataFrame({"task_index": used}, index=pd.Index([names[t] for t in used], name="task")).to_parquet(
-            tmp / "meta" / "tasks.parquet")
+        used = [int(t) for t in used]
+        pd.DataFrame({"task_index": np.arange(len(used), dtype=np.int64)},
+                     index=pd.Index([names[t] for t in used], name="task")).to_parquet(tmp / "meta" / "tasks.parquet")
         stats = {k: _stats(np.asarray(v.flatten().to_numpy(zero_copy_only=False)).reshape(frames.num_rows, -1)
                            if pa.types.is_fixed_size_list(v.type) else np.asarray(v.to_numpy(zero_copy_only=False)))
                  for k, v in ((k, frames.column(k).combine_chunks()) for k in frames.column_names)}
@@ -188,12 +193,19 @@ def import_lerobot(src, dst, overwrite: bool = False) -> Path:
     nstate = vec("next.observation.state") if has_next else None
     task_idx = col("task_index").astype(np.int64).reshape(n) if "task_index" in t.column_names else np.zeros(n, int)
     ours = info.get("mbdpo_hub")
+    names = pd.read_parquet(src / "meta" / "tasks.parquet") if (src / "meta" / "tasks.parquet").is_file() else None
+    by_index = {int(r): str(name) for name, r in names["task_index"].items()} if names is not None else {}
     if ours:
         keep = ("task_index", "name", "obs_dim", "action_dim", "episode_length")
         tasks = [{k: t[k] for k in keep if k in t} for t in ours["tasks"]]
+        if by_index:  # LeRobot's task_index (a row of tasks.parquet) -> ours, by task name
+            by_name = {t["name"]: int(t["task_index"]) for t in tasks}
+            uniq, inv = np.unique(task_idx, return_inverse=True)
+            missing = [int(u) for u in uniq if by_index.get(int(u)) not in by_name]
+            if missing:
+                raise ValueError(f"{src}: task_index {missing} not in meta/tasks.parquet or not in our task table")
+            task_idx = np.asarray([by_name[by_index[int(u)]] for u in uniq], np.int64)[inv.reshape(-1)]
     else:
-        names = pd.read_parquet(src / "meta" / "tasks.parquet") if (src / "meta" / "tasks.parquet").is_file() else None
-        by_index = {int(r): str(name) for name, r in names["task_index"].items()} if names is not None else {}
         tasks = [dict(task_index=int(i), name=by_index.get(int(i), f"task-{int(i)}"), obs_dim=state.shape[1],
                       action_dim=action.shape[1]) for i in sorted(set(task_idx.tolist()))]
     bounds = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1], True])
