@@ -25,7 +25,7 @@ FT_YAML = REPO / "recipes" / "configs" / "finetune.yaml"
 OFFICIAL = Path(os.environ.get("MBDPO_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
 # a tiny run: 3 episodes of 50 steps, tiny planner, no video / trackers / progress bar
-RUN = ["episode_length=50", "steps=100", "utd=0.5", "eval_episodes=1", "eval_freq=0", "save_video=false", "log_with=none",
+RUN = ["episode_length=50", "steps=100", "seed_steps=50", "seed_updates=5", "utd=0.5", "eval_episodes=1", "eval_freq=0", "save_video=false", "log_with=none",
        "progress=false", "batch_size=16", "checkpoint_freq=0", "diffusion_steps=2", "num_samples=16",
        "num_elites=4", "num_pi_trajs=2"]
 
@@ -341,7 +341,7 @@ def test_online_finetune_new_task_with_wider_dims(source_dir, tmp_path, monkeypa
     assert torch.equal(enc[:, :5], src.world_model.encoder[0].weight[:, :5]) and torch.all(enc[:, 5] == 0)
     train = rows(out / "train.csv")
     assert [int(r["step"]) for r in train] == [50, 100]
-    assert train[1]["reward_loss"] != ""  # no seed phase: updates right after the first stored episode
+    assert train[1]["reward_loss"] != ""  # a one-episode seed phase: updates right after the first stored episode
     assert trainer.learner.num_updates > 0
     assert [r["task"] for r in rows(out / "eval_old_tasks.csv")] == ["cartpole-balance"]
     card = (out / "README.md").read_text()
@@ -364,8 +364,8 @@ def test_offline_to_online_finetune(source_dir, tmp_path, monkeypatch):
     assert set(batch["task"].tolist()) == {2}  # remapped to the new task's id
     trainer.run()
     train = rows(out / "train.csv")
-    assert train[0]["reward_loss"] != ""  # offline data: updates from the very first step
-    assert trainer.learner.num_updates >= 49
+    assert train[0]["reward_loss"] == ""  # the seed phase: the adapted checkpoint acts, nothing is updated
+    assert trainer.learner.num_updates == 5 + 25  # the burst after the seed phase, then utd 0.5
     assert MBDPODiffusionPolicy.from_pretrained(out).config.finetuned_from["init"] == "mean"
     assert tree_hash(source_dir) == hashes
 
@@ -584,3 +584,37 @@ def test_finetune_embedded_default_onto_a_gym_id(tmp_path, monkeypatch):
     i = policy.config.tasks.index("gym:Pendulum-v1")
     assert (policy.config.obs_dims[i], policy.config.action_dims[i], policy.config.episode_lengths[i]) == (3, 1, 200)
     assert [int(r["step"]) for r in rows(out / "train.csv")] == [200, 400]
+
+
+@pytest.mark.slow
+def test_finetune_seed_phase_acts_with_the_checkpoint_and_updates_nothing(source_dir, tmp_path, monkeypatch):
+    """The collapse fix (benchmarks/README "Fine-tuning collapse"): the first seed_steps are acted by the adapted
+    checkpoint's planner (never at random), no update happens before they are stored, then a burst of seed_updates."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = []
+    original = MBDPODiffusionPolicy.select_action
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(MBDPODiffusionPolicy, "select_action", counting)
+    monkeypatch.setattr(np.random, "uniform", lambda *a, **kw: pytest.fail("a fine-tuning run acted at random"))
+    out = tmp_path / "run"
+    over = [r for r in RUN if not r.startswith(("seed_steps", "seed_updates", "steps", "eval_freq"))]
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=cartpole-balance-sparse", "mode=online",
+                                         f"output_dir={out}", "fit_steps=2", "fit_batches=1", "steps=150",
+                                         "seed_steps=100", "seed_updates=7", "eval_freq=50", *over])
+    trainer = make_finetune_trainer(cfg)
+    updates = []
+    hook = trainer.first_update_hook
+    trainer.first_update_hook = lambda tr: (updates.append((tr.step, tr.learner.num_updates)), hook(tr))
+    trainer.run()
+    assert trainer.random_steps == 0 and trainer.seed_steps == 100
+    assert updates == [(100, 0)]  # the row is fitted on the whole seed phase, before any update
+    assert len(calls) >= 150
+    assert trainer.learner.num_updates == 7 + 25
+    train = rows(out / "train.csv")
+    assert [r["reward_loss"] == "" for r in train] == [True, True, False]
+    # the model is unchanged through the seed phase: its step-0 evaluation stands for it (no copies at step 50)
+    assert [int(r["step"]) for r in rows(out / "eval.csv")] == [0, 100, 150]

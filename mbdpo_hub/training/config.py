@@ -44,7 +44,9 @@ class RunConfig:
     num_envs: int = 1
     episode_length: int | None = None  # override the task's episode length (smoke tests); default: the task's
     model_size: int = 1
-    seed_steps: int | None = None  # random-action steps before planning; default max(1000, 5 x episode length)
+    # the seed phase: steps collected before the first update (random actions from scratch; the adapted
+    # checkpoint's planner when fine-tuning), default max(1000, 5 x episode length); then a burst of updates
+    seed_steps: int | None = None
     seed_updates: int | None = None  # burst of updates at the end of the seed phase; default seed_steps
     utd: float = 1.0  # updates per environment step
     batch_size: int = 256

@@ -4,8 +4,9 @@
     OnlineTrainer(cfg).run()
 
 From scratch: random actions for `seed_steps`, a burst of `seed_updates`, then plan and update `utd` times per
-environment step. A fine-tuning run (`FinetuneConfig`) plans from its first step and, offline-to-online, mixes the
-offline buffer into every batch. Evaluations and checkpoints happen at episode boundaries; killed at any moment,
+environment step. A fine-tuning run (`FinetuneConfig`) plans from its first step: its seed phase collects the new
+task's first episodes with the adapted checkpoint, untouched (what keeps fine-tuning from collapsing: see
+benchmarks/README "Fine-tuning collapse"); offline-to-online, the offline buffer is mixed into every batch. Evaluations and checkpoints happen at episode boundaries; killed at any moment,
 the same command resumes from the last checkpoint (a finished run checkpoints its last step, so a larger `steps`
 extends it).
 """
@@ -71,8 +72,10 @@ class OnlineTrainer(RunFolder):
         capacity = cfg.steps + (cfg.steps // self.episode_length + 2) * cfg.num_envs + 1
         self.buffer = ReplayBuffer(min(cfg.buffer_size, capacity), pcfg.obs_dim, pcfg.action_dim, pcfg.horizon,
                                    cfg.batch_size, seed=cfg.seed + acc.process_index)
-        self.seed_steps = 0 if cfg.is_finetune else (
-            cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length))
+        self.seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length)
+        # fine-tuning: the adapted checkpoint acts from the first step (its seed phase collects the new task's
+        # data with the pretrained planner); from scratch the seed phase acts at random
+        self.random_steps = 0 if cfg.is_finetune else self.seed_steps
         self.seed_updates = cfg.seed_updates if cfg.seed_updates is not None else self.seed_steps
         env_kw = {} if cfg.episode_length is None else dict(episode_length=cfg.episode_length)
         self.envs = make_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed + 1000 * acc.process_index, **env_kw)
@@ -104,7 +107,7 @@ class OnlineTrainer(RunFolder):
 
     # --- acting and learning -----------------------------------------------------------------------------------------
     def act(self, obs: np.ndarray) -> np.ndarray:
-        if self.step < self.seed_steps:
+        if self.step < self.random_steps:
             return np.random.uniform(-1, 1, size=(obs.shape[0], self.A_env)).astype(np.float32)
         with self.learner.autocast():
             a = self.policy.select_action(pad_to(obs.astype(np.float32), self.policy.config.obs_dim), task=self.task_id)
@@ -160,7 +163,9 @@ class OnlineTrainer(RunFolder):
         """All envs are between episodes: the place for periodic evaluations and checkpoints."""
         cfg, last = self.cfg, self.step >= self.cfg.steps
         if cfg.eval_freq > 0 and self.step >= self.next_eval:
-            if not last:  # at the last step the final evaluation after the loop is this point's
+            # at the last step the final evaluation after the loop is this point's; a fine-tuning run's model does
+            # not change before its first update, so its step-0 evaluation stands for the seed phase
+            if not last and (self.learner.num_updates > 0 or not cfg.is_finetune):
                 self.run_eval()
             self.next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
         # a checkpoint at the last step too: the same command with a larger `steps` extends a finished run
