@@ -230,8 +230,12 @@ class MBDPOLearner:
         optim.step()
         return norm
 
-    def update(self, batch: dict) -> dict[str, float]:
-        """One gradient step of world model + energy (+ score), one of the policy prior, then Polyak."""
+    def update(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One gradient step of world model + energy (+ score), one of the policy prior, then Polyak.
+
+        Returns the metrics as detached 0-dim tensors on the model's device: turning them into Python floats here
+        would make the host wait for the device at every update (`mean_metrics` does it once per logging interval).
+        """
         cfg, policy = self.config, self.policy
         policy.train()
         with self.autocast():  # forward passes only: backward and the optimiser steps run outside autocast
@@ -258,7 +262,7 @@ class MBDPOLearner:
         policy.eval()
         self.num_updates += 1
         metrics["total_loss"] = total
-        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+        return {k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in metrics.items()}
 
     # --- checkpointing -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -275,4 +279,14 @@ class MBDPOLearner:
         self.num_updates = int(state.get("num_updates", 0))
 
 
-__all__ = ["MBDPOLearner", "RunningScale", "parameter_groups", "PARAM_GROUPS"]
+def mean_metrics(acc: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """{name: [0-dim tensors of several updates]} -> {name: float mean}: one host synchronisation for all of them."""
+    if not acc:
+        return {}
+    names = list(acc)
+    means = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in acc[k]]).mean()
+                         for k in names]).tolist()
+    return dict(zip(names, means))
+
+
+__all__ = ["MBDPOLearner", "RunningScale", "mean_metrics", "parameter_groups", "PARAM_GROUPS"]

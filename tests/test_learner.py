@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mbdpo_hub import MBDPODiffusionPolicy
-from mbdpo_hub.learner import MBDPOLearner, RunningScale
+from mbdpo_hub.learner import MBDPOLearner, RunningScale, mean_metrics
 
 
 def make_batch(cfg, B=16, seed=0):
@@ -28,6 +28,11 @@ def test_update_runs_and_learns_reward(tiny):
         assert k in last and torch.isfinite(torch.tensor(last[k]))
     assert last["reward_loss"] < 0.5 * first["reward_loss"]
     assert learner.num_updates == 61
+    # no host synchronisation per update: 0-dim tensors, averaged into floats once per logging interval
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in last.values())
+    means = mean_metrics({k: [first[k], last[k]] for k in first})
+    assert means["reward_loss"] == pytest.approx((float(first["reward_loss"]) + float(last["reward_loss"])) / 2)
+    assert mean_metrics({}) == {}
 
 
 def test_energy_pairs_latent_and_action_of_the_same_step(tiny):

@@ -37,11 +37,10 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..configuration_mbdpo import MBDPOConfig
-from ..learner import MBDPOLearner
+from ..learner import MBDPOLearner, mean_metrics
 from ..modeling_mbdpo import MBDPODiffusionPolicy
 from ..utils import atomic_write_text, is_hub_repo_id, set_seed
 from .config import PretrainConfig
@@ -316,7 +315,7 @@ class OfflinePretrainer(RunFolder):
             self.run_eval()
         self.save_checkpoint()
         if cfg.push_to_hub and acc.is_main_process:
-            good = all(math.isfinite(float(np.mean(v))) for v in self.metrics_last.values()) if getattr(
+            good = all(math.isfinite(v) for v in mean_metrics(self.metrics_last).values()) if getattr(
                 self, "metrics_last", None) else True
             self.write_eval_results()
             self.plot_curve()
@@ -338,8 +337,8 @@ class OfflinePretrainer(RunFolder):
                 self.elapsed += now - t_last
                 t_last = now
                 row = dict(step=self.step, elapsed_s=round(self.elapsed, 1))
-                row.update({k: (float(np.mean(self.metrics_acc[k])) if k in self.metrics_acc else "")
-                            for k in TRAIN_METRICS})
+                means = mean_metrics(self.metrics_acc)
+                row.update({k: means.get(k, "") for k in TRAIN_METRICS})
                 self.append_csv("train.csv", row)
                 self.log({f"train/{k}": v for k, v in row.items() if isinstance(v, float)})
                 self.metrics_last, self.metrics_acc = self.metrics_acc, {}

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..configuration_mbdpo import MBDPOConfig
-from ..learner import MBDPOLearner
+from ..learner import MBDPOLearner, mean_metrics
 from ..modeling_mbdpo import MBDPODiffusionPolicy
 from ..utils import pad_to, rng_state, set_rng_state, set_seed
 from .checkpoint import CheckpointError
@@ -152,10 +152,10 @@ class OnlineTrainer(RunFolder):
         self.episode += 1
         row = dict(step=self.step, episode=self.episode, episode_return=self.last_return,
                    length=len(episode["reward"]) - 1, elapsed_s=round(self.elapsed, 1))
-        row.update({k: (float(np.mean(self.metrics_acc[k])) if k in self.metrics_acc else "") for k in TRAIN_METRICS})
+        means = mean_metrics(self.metrics_acc)
+        row.update({k: means.get(k, "") for k in TRAIN_METRICS})
         self.append_csv("train.csv", row)
-        self.log({"train/episode_return": self.last_return,
-                  **{f"train/{k}": float(np.mean(v)) for k, v in self.metrics_acc.items()}})
+        self.log({"train/episode_return": self.last_return, **{f"train/{k}": v for k, v in means.items()}})
         self.metrics_acc = {}
         self.policy.reset([env])
 
