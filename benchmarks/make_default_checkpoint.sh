@@ -65,7 +65,7 @@ pretrain() {
 
 export_default() {
   # copy the 1M pretraining run into the package (atomically) and its card to model_cards/default.md
-  $PY - "$WORK/pretrain/size1" "$DEST" <<'PYEOF'
+  $PY - "$WORK/pretrain/size1" "$DEST" "$DATASET" <<'PYEOF'
 import shutil, sys
 from pathlib import Path
 from mbdpo_hub.utils import swap_folder
@@ -76,6 +76,27 @@ tmp.mkdir(parents=True)
 for name in ("config.json", "model.safetensors", "README.md", "eval_results.json", "eval.csv", "pretrain_config.yaml"):
     if (src / name).exists():
         shutil.copy2(src / name, tmp / name)
+# the card reports the checkpoint's 10-episode returns beside the data agents' own final returns
+import json
+from mbdpo_hub.envs import task_score
+agents_path = Path(sys.argv[3] + "_agents.json")
+res = json.loads((tmp / "eval_results.json").read_text())
+if agents_path.exists():
+    agents = json.loads(agents_path.read_text())
+    rows = ["", "## This checkpoint beside the agents that collected its data", "",
+            f"Returns are means +/- std over evaluation episodes (the data agents' final evaluations: "
+            f"`{agents_path}`; this checkpoint: `eval_results.json`). Normalised score: return / 10 on DMControl.", "",
+            "| task | data agent | this checkpoint (offline, multi-task) |", "|---|---|---|"]
+    for task, r in res["results"].items():
+        a = agents.get(task)
+        ag = (f"{a['final_eval_return']:.1f} +/- {a['final_eval_std']:.1f} ({a['final_eval_episodes']} ep.)"
+              if a else "n/a")
+        rows.append(f"| {task} | {ag} | {r['mean_return']:.1f} +/- {r['std_return']:.1f} ({r['episodes']} ep.) |")
+    scores = [task_score(t, agents[t]["final_eval_return"]) for t in res["results"] if t in agents]
+    rows.append(f"| **mean normalised score** | {sum(scores) / max(1, len(scores)):.1f} | "
+                f"{res['normalized_score']:.1f} |")
+    with open(tmp / "README.md", "a") as f:
+        f.write("\n".join(rows) + "\n")
 swap_folder(tmp, dest)
 shutil.copy2(dest / "README.md", Path("model_cards/default.md"))
 from mbdpo_hub import MBDPODiffusionPolicy
