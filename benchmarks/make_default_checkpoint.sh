@@ -6,7 +6,8 @@
 #   nohup bash benchmarks/make_default_checkpoint.sh collect > runs/expert/collect.log 2>&1 &   # hours; resumable
 #   bash benchmarks/make_default_checkpoint.sh pretrain     # 1M and 5M offline pretraining + 10-episode evals, resumable
 #   bash benchmarks/make_default_checkpoint.sh export       # copy the 1M checkpoint into mbdpo_hub/pretrained/default
-# Knobs (environment): STEPS_PER_TASK, WORKERS, NICE, TASKS, HELD_OUT, UPDATES, BATCH, SIZES, WORK, PY.
+# Knobs (environment): STEPS_PER_TASK, WORKERS, NICE, TASKS, HELD_OUT, UPDATES, BATCH, SIZES, PROCS (processes per
+# pretraining run, accelerate), WORK, PY, DATASET.
 #
 # Stage `collect` runs WORKERS collect processes in parallel (one per core, one torch thread each, niced so that the
 # test suite stays usable beside them), each on its own part of TASKS, all appending to one dataset under a lock.
@@ -57,7 +58,7 @@ pretrain() {
   # becomes the embedded default
   local held; held=$(echo $HELD_OUT | tr ' ' ','); local sizes=${SIZES:-"1 5"}
   $PY benchmarks/offline_scaling.py --dataset "$DATASET" --sizes $sizes --steps "${UPDATES:-20000}" \
-    --batch-size "${BATCH:-256}" --eval-episodes 10 --planner diffusion --diffusion-steps 5 --num-samples 128 \
+    --batch-size "${BATCH:-256}" --num-processes "${PROCS:-1}" --eval-episodes 10 --planner diffusion --diffusion-steps 5 --num-samples 128 \
     --num-elites 32 --num-pi-trajs 12 --checkpoint-freq 1000 --log-freq 100 --runs-dir "$WORK/pretrain" \
     --out benchmarks/results/offline_scaling_dmc8.json "held_out_tasks=[$held]" \
     "notes=Pretrained offline by benchmarks/make_default_checkpoint.sh on the replay buffers of 8 single-task online agents (mt30 tasks, ${STEPS_PER_TASK} steps each); the data agents' scores are in datasets/dmc8-expert_agents.json."

@@ -62,7 +62,13 @@ def run_one(size: int, args) -> Path:
         print(f"size {size}: finished run in {out}, skipped")
         return out
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "recipes" / "pretrain.py"), "--config", args.config, *run_overrides(size, args)]
+    script = [str(REPO / "recipes" / "pretrain.py"), "--config", args.config, *run_overrides(size, args)]
+    # several processes split the batch (accelerate; on CPU --multi_gpu starts them, --cpu would start one) and the
+    # evaluation tasks
+    launch = ([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+               str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+              if args.num_processes > 1 else [sys.executable])
+    cmd = launch + script
     print(f"size {size}: {' '.join(cmd[1:])}", flush=True)
     with open(out / "benchmark.log", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
@@ -227,7 +233,8 @@ def main(argv=None):
     ap.add_argument("--log-freq", type=int, default=50)
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--config", default="recipes/configs/pretrain_1m.yaml")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)), help="per process")
+    ap.add_argument("--num-processes", type=int, default=1, help="processes per run (accelerate launch)")
     ap.add_argument("--runs-dir", default="runs/offline_scaling")
     ap.add_argument("--out", default="benchmarks/results/offline_scaling.json")
     ap.add_argument("--summarize-only", action="store_true")
