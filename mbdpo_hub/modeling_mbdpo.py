@@ -264,8 +264,9 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
                        generator=None) -> torch.Tensor:
         """Imagined return of action sequences: z (N, L), actions (H, N, A), task (N,) or scalar -> (N,).
 
-        G = sum_t gamma^t (1 - term_t) (r_t + shaping(z_t, a_t)) + gamma^H (1 - term_H) Q_avg(z_H, pi(z_H)).
-        `shaping` (e.g. MBDPO's energy bonus) is evaluated on the pre-transition latent.
+        G = sum_t gamma^t (1 - term_t) (r_t + shaping(x_t)) + gamma^H (1 - term_H) Q_avg(z_H, pi(z_H)).
+        `shaping` (e.g. MBDPO's energy bonus) maps the joint input x_t = [z_t, task embedding, a_t] (N, L+T+A) of
+        the pre-transition latent to (N, 1).
         """
         gamma = self.discount(task, z)
         if gamma.dim() == 1:
@@ -274,10 +275,11 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         disc = torch.ones_like(G)
         alive = torch.ones_like(G)
         for t in range(actions.shape[0]):
-            r = two_hot_inv(self.reward(z, actions[t], task), self.config)
+            x = self.za(z, actions[t], task)  # built once per step for the reward, the shaping and the dynamics
+            r = two_hot_inv(self.reward_head(x), self.config)
             if shaping is not None:
-                r = r + shaping(z, actions[t], task)
-            z = self.next(z, actions[t], task)
+                r = r + shaping(x)
+            z = self.dynamics(x)
             G = G + disc * alive * r
             disc = disc * gamma
             if self.termination_head is not None:
@@ -360,8 +362,12 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
     def energy_bonus(self, z: torch.Tensor, a: torch.Tensor, task=None) -> torch.Tensor:
         """eta * clip((F - mean) / std, -clip, clip): the reward shaping used in planning. (..., 1)."""
+        return self.energy_bonus_of_input(self.world_model.za(z, a, task))
+
+    def energy_bonus_of_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`energy_bonus` from the joint input x = [z, task embedding, a] (..., L+T+A) -> (..., 1)."""
         cfg = self.config
-        f = (self.energy_logits(z, a, task) - self.energy_mean) / self.energy_std.clamp(min=1e-6)
+        f = (self.energy(x) - self.energy_mean) / self.energy_std.clamp(min=1e-6)
         return cfg.energy_eta * f.clamp(-cfg.energy_clip, cfg.energy_clip)
 
     def score(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, task=None) -> torch.Tensor:
@@ -375,7 +381,7 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
     # --- the planning-model interface used by planners ---------------------------------------------------------------
     @torch.no_grad()
     def estimate_value(self, z, actions, task, generator=None):
-        shaping = self.energy_bonus if self.config.energy_eta != 0 else None
+        shaping = self.energy_bonus_of_input if self.config.energy_eta != 0 else None
         return self.world_model.estimate_value(z, actions, task, shaping=shaping, generator=generator)
 
     def policy_rollout(self, z, task, horizon, generator=None):
