@@ -46,7 +46,9 @@ class MBDPOConfig(PreTrainedConfig):
 
     Losses: `consistency_coef, reward_coef, value_coef, termination_coef, energy_coef, score_coef, rho,
     entropy_coef, lr, enc_lr_scale, pi_lr, grad_clip_norm, tau, discount_denom/min/max`, energy contrastive settings
-    (`energy_momentum, energy_clip, energy_neg_noise`) and `score_num_samples` (Monte-Carlo score target).
+    (`energy_momentum, energy_clip, energy_neg_noise`), `score_num_samples` (Monte-Carlo score target) and
+    `energy_pi_coef` (weight of the normalised energy of the policy prior's actions in its loss; 0, the paper's
+    choice, anchors only through planning).
 
     Planner: `planner` is one of `"diffusion"` (MBDPO), `"mppi"` (TD-MPC2), `"score"` (learned score network only,
     no rollouts) or `"policy"` (the policy prior alone). `horizon, num_samples, num_elites, num_pi_trajs,
@@ -105,6 +107,7 @@ class MBDPOConfig(PreTrainedConfig):
     energy_clip: float = 5.0
     energy_neg_noise: float = 0.5
     score_num_samples: int = 64
+    energy_pi_coef: float = 0.0
 
     # --- planner -------------------------------------------------------------------------------------------------
     planner: str = "diffusion"

@@ -201,16 +201,24 @@ class MBDPOLearner:
         return loss, dict(score_loss=loss)
 
     def policy_loss(self, zs: torch.Tensor, task) -> tuple[torch.Tensor, dict]:
-        """TD-MPC2's policy-prior loss on detached latents (H+1, B, L): maximise scaled Q + entropy bonus."""
+        """TD-MPC2's policy-prior loss on detached latents (H+1, B, L): maximise scaled Q + entropy bonus, plus
+        `energy_pi_coef` x the normalised energy F-tilde of the prior's actions (the TD target bootstraps with the
+        prior: the energy term keeps its actions where the data are; F's weights are not trained by this loss)."""
         cfg, wm = self.config, self.policy.world_model
         zs = zs.detach()
         out = wm.pi(zs, task)
         q = wm.Q(zs, out.action, task, "avg", detach=True)
         self.scale.update(q[0], self.reduce_fn)
         q = self.scale(q)
+        objective = cfg.entropy_coef * out.scaled_entropy + q
+        metrics = {}
+        if cfg.energy_pi_coef > 0:
+            f = self.policy.normalized_energy(wm.za(zs, out.action, task))
+            objective = objective + cfg.energy_pi_coef * f
+            metrics["pi_energy"] = f.detach().mean()
         rho = cfg.rho ** torch.arange(zs.shape[0], device=zs.device, dtype=zs.dtype)
-        loss = ((-(cfg.entropy_coef * out.scaled_entropy + q)).mean(dim=(1, 2)) * rho).mean()
-        return loss, dict(pi_loss=loss, pi_entropy=out.entropy.mean(), pi_scale=self.scale.value.clone())
+        loss = ((-objective).mean(dim=(1, 2)) * rho).mean()
+        return loss, dict(metrics, pi_loss=loss, pi_entropy=out.entropy.mean(), pi_scale=self.scale.value.clone())
 
     def autocast(self):
         """bf16 autocast for the forward passes of an update (a no-op at full precision)."""

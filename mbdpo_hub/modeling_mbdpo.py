@@ -366,9 +366,13 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
     def energy_bonus_of_input(self, x: torch.Tensor) -> torch.Tensor:
         """`energy_bonus` from the joint input x = [z, task embedding, a] (..., L+T+A) -> (..., 1)."""
+        return self.config.energy_eta * self.normalized_energy(x)
+
+    def normalized_energy(self, x: torch.Tensor) -> torch.Tensor:
+        """F-tilde = clip((F - running mean) / running std, -clip, clip) of the joint input x (..., L+T+A)."""
         cfg = self.config
         f = (self.energy(x) - self.energy_mean) / self.energy_std.clamp(min=1e-6)
-        return cfg.energy_eta * f.clamp(-cfg.energy_clip, cfg.energy_clip)
+        return f.clamp(-cfg.energy_clip, cfg.energy_clip)
 
     def score(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, task=None) -> torch.Tensor:
         """Learned score of the action-sequence distribution: z (N, L), x (N, H, A), t (N,) -> (N, H, A)."""

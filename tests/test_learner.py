@@ -25,7 +25,7 @@ def test_update_runs_and_learns_reward(tiny):
     for _ in range(60):
         last = learner.update(batch)
     for k in ("consistency_loss", "reward_loss", "value_loss", "energy_loss", "pi_loss", "grad_norm"):
-        assert k in last and torch.isfinite(torch.tensor(last[k]))
+        assert k in last and torch.isfinite(torch.as_tensor(last[k]))
     assert last["reward_loss"] < 0.5 * first["reward_loss"]
     assert learner.num_updates == 61
     # no host synchronisation per update: 0-dim tensors, averaged into floats once per logging interval
@@ -139,7 +139,7 @@ def test_bf16_update_runs_backward_outside_autocast(tiny, monkeypatch):
     monkeypatch.setattr(learner, "_step", step)
     metrics = learner.update(make_batch(p.config))
     assert seen and all(not enabled for enabled, _ in seen)  # backward + step never inside autocast
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values())
     assert all(t.dtype == torch.float32 for t in p.parameters())
     with pytest.raises(ValueError, match="mixed_precision"):
         MBDPOLearner(p, mixed_precision="fp16")
@@ -155,3 +155,31 @@ def test_two_hot_decoding_is_float32_under_bf16(tiny):
     low = two_hot_inv(logits.bfloat16(), cfg)  # bf16 logits (as under autocast); the bin grid stays float32
     assert low.dtype == torch.float32
     assert (symlog(low) - symlog(exact)).abs().max() < 0.02
+
+
+def test_energy_term_in_the_policy_prior_loss(tiny):
+    """energy_pi_coef adds coef x F-tilde(z, pi(z)) to the prior's objective; F's weights get no update from it."""
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny())
+    torch.nn.init.normal_(p.energy[-1].weight, std=0.5)  # the output layer starts at zero: give F some slope
+    learner = MBDPOLearner(p)
+    learner.scale.tau = 0.0  # the running Q scale stays put between the two calls
+    zs = torch.randn(p.config.horizon + 1, 8, p.config.latent_dim).softmax(-1)
+    task = torch.zeros(8, dtype=torch.long)
+    torch.manual_seed(1)
+    base, m0 = learner.policy_loss(zs, task)
+    assert "pi_energy" not in m0
+    p.config.energy_pi_coef = 2.0
+    torch.manual_seed(1)  # the same policy samples
+    anchored, m1 = learner.policy_loss(zs, task)
+    torch.manual_seed(1)
+    a = p.world_model.pi(zs, task).action
+    f = p.normalized_energy(p.world_model.za(zs, a, task))
+    rho = p.config.rho ** torch.arange(zs.shape[0], dtype=zs.dtype)
+    expected = base - 2.0 * (f.mean(dim=(1, 2)) * rho).mean()
+    assert torch.allclose(anchored, expected, atol=1e-5) and torch.isclose(m1["pi_energy"], f.mean())
+    p.config.energy_coef = 0.0  # only the prior's loss could move F now (a fresh Adam: no momentum either)
+    learner = MBDPOLearner(p)
+    before = [w.clone() for w in p.energy.parameters()]
+    learner.update(make_batch(p.config))
+    assert all(torch.equal(b, w) for b, w in zip(before, p.energy.parameters()))

@@ -267,3 +267,19 @@ def test_cli_evaluate_refuses_zero_episodes_and_updates_the_whole_card(tmp_path)
     metrics = {m["type"]: m["value"] for res in meta["model-index"][0]["results"] for m in res["metrics"]}
     assert metrics["normalized_score"] == pytest.approx(round(r["mean_return"] / 10, 4))
     assert "eval_s" in _rows(out / "eval.csv")[0]
+
+
+def test_append_csv_keeps_an_existing_files_columns(tmp_path):
+    """A run resumed by a newer version (one more metric) keeps its train.csv readable: the new column is left out."""
+    import csv
+    from types import SimpleNamespace
+
+    from mbdpo_hub.training.run_folder import RunFolder
+
+    folder = SimpleNamespace(out=tmp_path, accelerator=SimpleNamespace(is_main_process=True))
+    (tmp_path / "train.csv").write_text("step,loss\n1,0.5\n")
+    RunFolder.append_csv(folder, "train.csv", dict(step=2, loss=0.25, pi_energy=0.1))
+    RunFolder.append_csv(folder, "new.csv", dict(step=2, loss=0.25, pi_energy=0.1))
+    with open(tmp_path / "train.csv") as f:
+        assert list(csv.DictReader(f)) == [dict(step="1", loss="0.5"), dict(step="2", loss="0.25")]
+    assert (tmp_path / "new.csv").read_text().splitlines()[0] == "step,loss,pi_energy"

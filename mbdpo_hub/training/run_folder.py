@@ -23,7 +23,7 @@ from .config import dump_config
 #: columns of train.csv (a fixed set, so rows before the first update line up with later ones)
 TRAIN_METRICS = ("total_loss", "consistency_loss", "reward_loss", "value_loss", "termination_loss", "energy_loss",
                  "energy_accuracy", "score_loss", "pi_loss", "pi_entropy", "pi_scale", "grad_norm", "q_mean",
-                 "td_target_mean", "reward_mean")
+                 "td_target_mean", "reward_mean", "pi_energy")
 
 
 class RunFolder:
@@ -154,9 +154,13 @@ class RunFolder:
         if replace_step:
             key = {(str(r["step"]), str(r.get("task", ""))) for r in rows}
             _filter_csv(path, lambda r: (str(int(float(r["step"]))), r.get("task", "") or "") not in key)
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
+        fields = list(rows[0])
+        if not new:  # a run resumed by a newer version keeps its file's columns (a new metric is left out)
+            with path.open(newline="") as f:
+                fields = next(csv.reader(f), None) or fields
         with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerows(rows)
