@@ -10,8 +10,10 @@ batch size, evaluation schedule (`--eval-freq`, `--eval-episodes`, eval seed = s
 
 * finetune: `recipes/finetune.py` mode=online from `--checkpoint` (default: the embedded default checkpoint,
   mbdpo_hub/pretrained/default, 1M preset, whose config.held_out_tasks are never in its training data); the new
-  task's embedding row comes from `--task-init` (default auto: nearest for a new task). No seed phase: it plans from the first step
-  and updates from the end of the first episode.
+  task's embedding row comes from `--task-init` (default auto: fit for a new task). Its seed phase
+  (`--finetune-seed-steps`, default the recipe's max(1000, 5 x episode length)) is acted by the adapted checkpoint
+  and updates nothing; then a burst of as many updates. `--finetune-overrides k=v ...` go to the fine-tuning runs
+  only (e.g. `energy_pi_coef=1.0` for a variant, with its own --runs-dir).
 * o2o: the same, mode=offline-to-online, the pretraining dataset (or `--offline-dataset`) mixed into every batch
   at `--offline-ratio`.
 * scratch: `recipes/train.py`, a fresh model of the same preset (`model_size=1`), with its usual
@@ -20,8 +22,8 @@ batch size, evaluation schedule (`--eval-freq`, `--eval-episodes`, eval seed = s
   With a small `--steps` budget, scratch spends most (or all) of it acting randomly: that is the recipe, reported
   as is (the JSON records the effective seed_steps and the number of updates of every run).
 
-The trainer evaluates at the end of the first episode (step = episode length; for finetune no update has happened
-yet, so that point is the adapted checkpoint's zero-shot return), then every `--eval-freq` steps and at the end.
+A fine-tuning run evaluates the adapted checkpoint at step 0 (its zero-shot return), then every `--eval-freq` steps
+once it has been updated, and at the end; scratch evaluates every `--eval-freq` steps and at the end.
 Each (task, method, seed) is a normal run folder under --runs-dir: killed, the same command resumes it (checkpoints
 every eval), and finished runs (eval_results.json present) are skipped. Output: benchmarks/results/
 finetune_vs_scratch.json and .png (mean over seeds per method and task, +/- std shaded, seeds as thin lines) and a
@@ -85,7 +87,8 @@ def command(args, task: str, method: str, seed: int) -> list[str]:
         return [sys.executable, str(REPO / "recipes" / "finetune.py"), "--config",
                 str(REPO / "recipes" / "configs" / "finetune.yaml"), *mode, *old, f"checkpoint={ckpt}",
                 f"task_init={args.task_init}", f"source_task={args.source_task or 'null'}", *common,
-                *args.overrides]
+                *([f"seed_steps={args.finetune_seed_steps}"] if args.finetune_seed_steps is not None else []),
+                *args.overrides, *args.finetune_overrides]
     extra = []
     if scratch_seed_steps_of(method) is not None:
         extra.append(f"seed_steps={scratch_seed_steps_of(method)}")
@@ -329,6 +332,9 @@ def main(argv=None):
                          "recipe's max(1000, 5 x episode length)) or a number of steps, e.g. 1000")
     ap.add_argument("--scratch-seed-updates", type=int, default=None,
                     help="scratch's burst of updates after the seed phase; default = seed steps (the recipe's)")
+    ap.add_argument("--finetune-seed-steps", type=int, default=None,
+                    help="fine-tuning seed phase (acted by the checkpoint, no updates); default the recipe's")
+    ap.add_argument("--finetune-overrides", nargs="*", default=[], help="key=value for the fine-tuning runs only")
     ap.add_argument("--runs-dir", default=str(REPO / "runs" / "finetune_vs_scratch"))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
