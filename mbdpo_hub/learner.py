@@ -56,7 +56,7 @@ class MBDPOLearner:
 
     def __init__(self, policy: MBDPODiffusionPolicy, *, lr_scales: dict[str, float] | None = None,
                  freeze: list[str] | tuple[str, ...] = (), reduce_fn: Callable | None = None,
-                 mixed_precision: str = "no"):
+                 mixed_precision: str = "no", compile: bool = False):
         cfg = policy.config
         if mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
@@ -81,6 +81,10 @@ class MBDPOLearner:
                          if pi_params else None)
         self.scale = RunningScale(cfg.tau).to(policy.device)
         self.num_updates = 0
+        # compile=True: the forward passes of the update (all losses but the policy prior's) as one torch.compile
+        # graph; backward and the optimiser steps stay eager. Shapes are static within a run.
+        self.compiled = bool(compile)
+        self._forward = torch.compile(self.forward_losses, dynamic=False) if compile else self.forward_losses
 
     # --- losses ------------------------------------------------------------------------------------------------------
     def world_model_losses(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -226,6 +230,19 @@ class MBDPOLearner:
             return torch.autocast(self.policy.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def forward_losses(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """World-model + energy (+ score) losses of one batch: (total, metrics, latents (H+1, B, L))."""
+        cfg, policy = self.config, self.policy
+        total, metrics, zs = self.world_model_losses(batch)
+        e_loss, e_metrics = self.energy_loss(zs[:-1], batch["action"], batch.get("task"))
+        total = total + cfg.energy_coef * e_loss
+        metrics.update(e_metrics)
+        if policy.score_net is not None and cfg.score_coef > 0:
+            s_loss, s_metrics = self.score_loss(zs[0], batch.get("task"))
+            total = total + cfg.score_coef * s_loss
+            metrics.update(s_metrics)
+        return total, metrics, zs
+
     # --- the update --------------------------------------------------------------------------------------------------
     def _step(self, optim, loss, params) -> torch.Tensor:
         optim.zero_grad(set_to_none=True)
@@ -247,14 +264,7 @@ class MBDPOLearner:
         cfg, policy = self.config, self.policy
         policy.train()
         with self.autocast():  # forward passes only: backward and the optimiser steps run outside autocast
-            total, metrics, zs = self.world_model_losses(batch)
-            e_loss, e_metrics = self.energy_loss(zs[:-1], batch["action"], batch.get("task"))
-            total = total + cfg.energy_coef * e_loss
-            metrics.update(e_metrics)
-            if policy.score_net is not None and cfg.score_coef > 0:
-                s_loss, s_metrics = self.score_loss(zs[0], batch.get("task"))
-                total = total + cfg.score_coef * s_loss
-                metrics.update(s_metrics)
+            total, metrics, zs = self._forward(batch)
         if self.optim is not None:
             wm_params = [p for g in self.optim.param_groups for p in g["params"]]
             metrics["grad_norm"] = self._step(self.optim, total, wm_params)

@@ -283,3 +283,20 @@ def test_append_csv_keeps_an_existing_files_columns(tmp_path):
     with open(tmp_path / "train.csv") as f:
         assert list(csv.DictReader(f)) == [dict(step="1", loss="0.5"), dict(step="2", loss="0.25")]
     assert (tmp_path / "new.csv").read_text().splitlines()[0] == "step,loss,pi_energy"
+
+
+def test_compile_option_reaches_the_learner(monkeypatch, tiny):
+    """compile=true is a typed run field (online and pretraining) handed to MBDPOLearner."""
+    from mbdpo_hub import learner as learner_mod
+    from mbdpo_hub.training import load_pretrain_config, load_run_config
+
+    assert load_run_config(None, ["compile=true"]).compile is True
+    assert load_pretrain_config(None, ["compile=true", "dataset=some/data"]).compile is True
+    with pytest.raises(ValueError, match="compile"):
+        load_run_config(None, ["compile=maybe"])
+    seen = []
+    monkeypatch.setattr(learner_mod.torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    from mbdpo_hub import MBDPODiffusionPolicy
+
+    policy = MBDPODiffusionPolicy(tiny())
+    assert learner_mod.MBDPOLearner(policy, compile=True).compiled and seen == [dict(dynamic=False)]

@@ -175,7 +175,8 @@ class OfflinePretrainer(RunFolder):
         self.policy = MBDPODiffusionPolicy(config).to(acc.device)
         self.config = self.policy.config
         reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
-        self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn, mixed_precision=cfg.mixed_precision)
+        self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn, mixed_precision=cfg.mixed_precision,
+                                    compile=cfg.compile)
         self.step = 0
         self.elapsed = 0.0
         self.last_eval: dict | None = None
