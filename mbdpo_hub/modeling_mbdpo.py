@@ -385,8 +385,18 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
     # --- the planning-model interface used by planners ---------------------------------------------------------------
     @torch.no_grad()
     def estimate_value(self, z, actions, task, generator=None):
+        fn = self.__dict__.get("_compiled_value") or self._estimate_value
+        return fn(z, actions, task, generator=generator)
+
+    def _estimate_value(self, z, actions, task, generator=None):
         shaping = self.energy_bonus_of_input if self.config.energy_eta != 0 else None
         return self.world_model.estimate_value(z, actions, task, shaping=shaping, generator=generator)
+
+    def compile_planning(self, enabled: bool = True) -> "MBDPODiffusionPolicy":
+        """torch.compile the imagined-return evaluation, the planners' hot path (every candidate at every reverse
+        step), with static shapes (one graph per batch shape: acting and evaluation compile once each)."""
+        self.__dict__["_compiled_value"] = torch.compile(self._estimate_value, dynamic=False) if enabled else None
+        return self
 
     def policy_rollout(self, z, task, horizon, generator=None):
         return self.world_model.policy_rollout(z, task, horizon, generator=generator)

@@ -206,3 +206,21 @@ def test_compiled_update_matches_eager(tiny):
     # the energy's negatives are random draws, which compiled code takes from its own stream: close, not equal
     assert abs(float(m_eager["total_loss"]) - float(m_compiled["total_loss"])) < 1e-2
     assert max((a - b).abs().max().item() for a, b in zip(p.parameters(), q.parameters())) < 1e-2
+
+
+@pytest.mark.slow
+def test_compiled_planning_matches_eager(tiny):
+    """compile_planning() (torch.compile of the imagined returns) plans the same actions as eager code."""
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny(dropout=0.0)).eval()
+    z = torch.randn(6, p.config.latent_dim).softmax(-1)
+    actions = torch.rand(p.config.horizon, 6, p.config.action_dim) * 2 - 1
+    task = torch.tensor([0, 1, 0, 1, 0, 1])
+    g = torch.Generator().manual_seed(3)
+    eager = p.estimate_value(z, actions, task, generator=g)
+    p.compile_planning()
+    g = torch.Generator().manual_seed(3)
+    compiled = p.estimate_value(z, actions, task, generator=g)
+    assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-4)
+    p.compile_planning(False)
+    assert p.__dict__["_compiled_value"] is None

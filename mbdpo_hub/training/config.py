@@ -59,7 +59,7 @@ class RunConfig:
     save_video: bool = True
     video_size: int = 240
     mixed_precision: str = "no"  # "no" | "bf16"
-    compile: bool = False  # torch.compile the update's forward passes (backward and optimiser steps stay eager)
+    compile: bool = False  # torch.compile the update's forward passes and the planners' imagined returns
     log_with: str | None = "tensorboard"
     resume: bool = True
     overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh
@@ -173,7 +173,7 @@ class PretrainConfig:
     log_freq: int = 100
     output_dir: str = "runs/pretrain"
     mixed_precision: str = "no"  # "no" | "bf16"
-    compile: bool = False  # torch.compile the update's forward passes (backward and optimiser steps stay eager)
+    compile: bool = False  # torch.compile the update's forward passes and the planners' imagined returns
     log_with: str | None = None  # an accelerate tracker (tensorboard, wandb, ...), or none
     resume: bool = True
     overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh

@@ -173,6 +173,8 @@ class OfflinePretrainer(RunFolder):
         # identical initialisation on every process, then per-process randomness
         set_seed(cfg.seed)
         self.policy = MBDPODiffusionPolicy(config).to(acc.device)
+        if cfg.compile:
+            self.policy.compile_planning()
         self.config = self.policy.config
         reduce_fn = (lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None
         self.learner = MBDPOLearner(self.policy, reduce_fn=reduce_fn, mixed_precision=cfg.mixed_precision,

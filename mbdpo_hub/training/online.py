@@ -62,6 +62,8 @@ class OnlineTrainer(RunFolder):
         self.check_folder()  # before anything is built or written
         set_seed(cfg.seed + acc.process_index)
         self.policy = self.policy_factory(cfg).to(acc.device)
+        if cfg.compile:
+            self.policy.compile_planning()
         pcfg = self.policy.config
         self.task_id = pcfg.task_id(cfg.task)
         self.learner = MBDPOLearner(self.policy, freeze=cfg.freeze, lr_scales=cfg.lr_scales,
