@@ -247,10 +247,12 @@ class MBDPOLearner:
     def _step(self, optim, loss, params) -> torch.Tensor:
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        if self.reduce_fn is not None:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.copy_(self.reduce_fn(p.grad))
+        if self.reduce_fn is not None:  # one all-reduce of all gradients in one flat buffer, not one per tensor
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                flat = self.reduce_fn(torch.cat([g.reshape(-1) for g in grads]))
+                for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                    g.copy_(part.view_as(g))
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip_norm)
         optim.step()
         return norm

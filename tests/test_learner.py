@@ -121,8 +121,28 @@ def test_reduce_fn_is_applied(tiny):
         return x
 
     p = MBDPODiffusionPolicy(tiny())
-    MBDPOLearner(p, reduce_fn=reduce_fn).update(make_batch(p.config))
-    assert len(calls) > len(list(p.parameters())) // 2
+    learner = MBDPOLearner(p, reduce_fn=reduce_fn)
+    learner.update(make_batch(p.config))
+    # gradients: one flat all-reduce per optimiser (world model, policy prior), not one per tensor; then the
+    # running statistics (energy normalisation, Q scale)
+    wm = sum(p.numel() for g in learner.optim.param_groups for p in g["params"])
+    pi = sum(p.numel() for p in learner.pi_optim.param_groups[0]["params"])
+    flat = [s for s in calls if len(s) == 1 and s[0] > 2]
+    assert sorted(s[0] for s in flat) == sorted([wm, pi]) and len(calls) <= 6
+
+    # an identity reduce must leave the update exactly as without one: every gradient comes back into its own tensor
+    torch.manual_seed(0)
+    a = MBDPODiffusionPolicy(tiny(dropout=0.0))
+    b = MBDPODiffusionPolicy(tiny(dropout=0.0))
+    b.load_state_dict(a.state_dict())
+    la, lb = MBDPOLearner(a), MBDPOLearner(b, reduce_fn=lambda x: x.clone())
+    batch = make_batch(a.config)
+    for i in range(2):
+        torch.manual_seed(i)
+        la.update(batch)
+        torch.manual_seed(i)
+        lb.update(batch)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
 
 
 def test_bf16_update_runs_backward_outside_autocast(tiny, monkeypatch):
