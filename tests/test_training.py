@@ -300,3 +300,20 @@ def test_compile_option_reaches_the_learner(monkeypatch, tiny):
 
     policy = MBDPODiffusionPolicy(tiny())
     assert learner_mod.MBDPOLearner(policy, compile=True).compiled and seen == [dict(dynamic=False)]
+
+
+def test_replay_buffer_goes_to_the_gpu_only_when_it_fits(monkeypatch):
+    from types import SimpleNamespace
+
+    from mbdpo_hub.training.run_folder import RunFolder
+
+    def folder(device, on=True):
+        return SimpleNamespace(accelerator=SimpleNamespace(device=torch.device(device)),
+                               cfg=SimpleNamespace(replay_on_device=on))
+
+    assert RunFolder.replay_device(folder("cpu"), 10**6, 24, 6) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (8 * 2**30, 16 * 2**30))  # 8 GiB free
+    gpu = folder("cuda:0")
+    assert RunFolder.replay_device(gpu, 10**6, 24, 6) == torch.device("cuda:0")  # 128 MB
+    assert RunFolder.replay_device(gpu, 60 * 10**6, 24, 6) == torch.device("cpu")  # 7.7 GB > a quarter of 8 GiB
+    assert RunFolder.replay_device(folder("cuda:0", on=False), 10**6, 24, 6) == torch.device("cpu")

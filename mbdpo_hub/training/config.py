@@ -60,6 +60,7 @@ class RunConfig:
     video_size: int = 240
     mixed_precision: str = "no"  # "no" | "bf16"
     compile: bool = False  # torch.compile the update's forward passes and the planners' imagined returns
+    replay_on_device: bool = True  # on CUDA, keep the replay buffer on the GPU when it fits in a quarter of it
     log_with: str | None = "tensorboard"
     resume: bool = True
     overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh
@@ -174,6 +175,7 @@ class PretrainConfig:
     output_dir: str = "runs/pretrain"
     mixed_precision: str = "no"  # "no" | "bf16"
     compile: bool = False  # torch.compile the update's forward passes and the planners' imagined returns
+    replay_on_device: bool = True  # on CUDA, keep the replay buffer on the GPU when it fits in a quarter of it
     log_with: str | None = None  # an accelerate tracker (tensorboard, wandb, ...), or none
     resume: bool = True
     overwrite: bool = False  # a used output_dir holding another run (or resume=false): move it aside, start fresh

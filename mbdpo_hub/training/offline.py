@@ -194,7 +194,8 @@ class OfflinePretrainer(RunFolder):
         except Exception:  # noqa: BLE001
             frames = len(ds)
         self.buffer = ReplayBuffer(max(frames + 1, 2), config.obs_dim, config.action_dim, config.horizon,
-                                   self.local_batch, seed=cfg.seed + 1000 * acc.process_index + 7919 * self.step)
+                                   self.local_batch, seed=cfg.seed + 1000 * acc.process_index + 7919 * self.step,
+                                   device=self.replay_device(max(frames + 1, 2), config.obs_dim, config.action_dim))
         self.fill_info = fill_buffer(self.buffer, ds, tasks=self.dataset_tasks, task_map=list(config.tasks),
                                      dataset_tasks=self.tasks_meta, pad=True)
         if self.buffer.num_windows == 0:

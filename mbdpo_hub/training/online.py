@@ -72,8 +72,10 @@ class OnlineTrainer(RunFolder):
         self.episode_length = cfg.episode_length or task_spec(cfg.task).episode_length
         # a whole run fits: every episode stores one entry more than its steps (the reset observation)
         capacity = cfg.steps + (cfg.steps // self.episode_length + 2) * cfg.num_envs + 1
-        self.buffer = ReplayBuffer(min(cfg.buffer_size, capacity), pcfg.obs_dim, pcfg.action_dim, pcfg.horizon,
-                                   cfg.batch_size, seed=cfg.seed + acc.process_index)
+        capacity = min(cfg.buffer_size, capacity)
+        self.buffer = ReplayBuffer(capacity, pcfg.obs_dim, pcfg.action_dim, pcfg.horizon, cfg.batch_size,
+                                   seed=cfg.seed + acc.process_index,
+                                   device=self.replay_device(capacity, pcfg.obs_dim, pcfg.action_dim))
         self.seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length)
         # fine-tuning: the adapted checkpoint acts from the first step (its seed phase collects the new task's
         # data with the pretrained planner); from scratch the seed phase acts at random

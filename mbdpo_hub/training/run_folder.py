@@ -195,6 +195,16 @@ class RunFolder:
 
         return tqdm(total=self.cfg.steps, initial=self.step, unit=unit, desc=desc, dynamic_ncols=True)
 
+    def replay_device(self, capacity: int, obs_dim: int, action_dim: int) -> torch.device:
+        """Where a replay buffer lives: the accelerator's device when it takes at most a quarter of the device's free
+        memory (batches are then sampled there, with no host-to-device copy per update), else the CPU."""
+        dev = self.accelerator.device
+        if dev.type != "cuda" or not getattr(self.cfg, "replay_on_device", True):
+            return torch.device("cpu")
+        need = int(capacity) * (int(obs_dim) + int(action_dim) + 2) * 4
+        free, _ = torch.cuda.mem_get_info(dev)
+        return dev if need <= free / 4 else torch.device("cpu")
+
     def device_batch(self, batch: dict) -> dict:
         """A sampled batch on the accelerator's device (task ids None for a single-task model)."""
         dev = self.accelerator.device
