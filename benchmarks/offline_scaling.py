@@ -180,9 +180,16 @@ def summarize(args) -> dict:
     root = Path(args.runs_dir)
     dirs = sorted(p for p in root.glob("size*") if p.is_dir()) if args.summarize_only else \
         [root / f"size{s}" for s in args.sizes]
+    # a size whose run folder is gone (runs/ is not kept between sessions) keeps its row from the JSON at --out
+    previous = {}
+    if Path(args.out).exists():
+        previous = {r["run_dir"]: r for r in json.loads(Path(args.out).read_text()).get("rows", [])}
+    dirs = sorted(set(dirs) | {Path(d) for d in previous if Path(d).parent == root})
     rows, missing = [], []
     for d in dirs:
         r = summarize_run(d)
+        if r is None and str(d) in previous:
+            r = dict(previous[str(d)], from_previous_json=True)
         (rows.append(r) if r is not None else missing.append(str(d)))
     rows.sort(key=lambda r: r["params"])
     keys = ("dataset", "updates", "batch_size", "seed", "eval_episodes", "eval_planner", "planner_setting",
