@@ -362,8 +362,12 @@ def pretraining_dataset_of(policy: MBDPODiffusionPolicy) -> str | None:
 
 def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *, batch_size: int,
                         capacity: int | None = None, revision: str | None = None, seed: int | None = None):
-    """A ReplayBuffer holding `dataset`'s episodes of `task` (a local dataset folder or Hub dataset id), with their
-    task index remapped to `policy`'s id for `task` and obs/actions zero-padded to the policy's dims."""
+    """A ReplayBuffer of `dataset`'s episodes, task indices remapped to `policy`'s ids, obs/actions zero-padded to the
+    policy's dims (a local dataset folder or Hub dataset id).
+
+    If the dataset has `task`, its episodes of `task`; else (a held-out task: the usual case for the pretraining data)
+    the episodes of every dataset task the checkpoint knows, each under its own task id, so that the updates keep
+    rehearsing the pretraining tasks beside the new one (offline-to-online with the pretraining data mixed in)."""
     from .buffer import ReplayBuffer
     from .data import fill_buffer, load_dataset_folder, read_tasks
 
@@ -373,14 +377,17 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
     except Exception as e:  # noqa: BLE001
         raise OSError(f"cannot read offline dataset {dataset!r}: {type(e).__name__}: {e}") from e
     names = [t["name"] for t in meta["tasks"]]
-    if task not in names:
-        raise ValueError(f"offline dataset {dataset!r} has tasks {names}, fine-tuning task is {task!r}")
-    entry = next(t for t in meta["tasks"] if t["name"] == task)
-    tid = cfg.task_id(task)
-    want = (cfg.obs_dims[tid], cfg.action_dims[tid])
-    if (int(entry["obs_dim"]), int(entry["action_dim"])) != want:
-        raise ValueError(f"offline dataset {dataset!r}: task {task!r} has (obs, action) dims "
-                         f"({entry['obs_dim']}, {entry['action_dim']}) but the model/environment has {want}")
+    keep = [task] if task in names else [t for t in names if t in cfg.tasks and t != task]
+    if not keep:
+        raise ValueError(f"offline dataset {dataset!r} has tasks {names}: neither the fine-tuning task {task!r} nor "
+                         f"any task of the checkpoint ({cfg.tasks}); pass an offline_dataset with one of them")
+    for name in keep:
+        entry = next(t for t in meta["tasks"] if t["name"] == name)
+        tid = cfg.task_id(name)
+        want = (cfg.obs_dims[tid], cfg.action_dims[tid])
+        if (int(entry["obs_dim"]), int(entry["action_dim"])) != want:
+            raise ValueError(f"offline dataset {dataset!r}: task {name!r} has (obs, action) dims "
+                             f"({entry['obs_dim']}, {entry['action_dim']}) but the model/environment has {want}")
     if int(meta["obs_dim"]) > cfg.obs_dim or int(meta["action_dim"]) > cfg.action_dim:
         raise ValueError(f"offline dataset {dataset!r} is padded to (obs, action) dims ({meta['obs_dim']}, "
                          f"{meta['action_dim']}), larger than the model's ({cfg.obs_dim}, {cfg.action_dim})")
@@ -388,9 +395,10 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
     rows = len(ds) + 1
     buf = ReplayBuffer(max(2, min(rows, capacity or rows)), cfg.obs_dim, cfg.action_dim, cfg.horizon, batch_size,
                        seed=seed)
-    added = fill_buffer(buf, ds, tasks=[task], task_map={task: tid}, dataset_tasks=meta, pad=True)
+    added = fill_buffer(buf, ds, tasks=keep, task_map={t: cfg.task_id(t) for t in keep}, dataset_tasks=meta, pad=True)
+    buf.offline_tasks = keep
     if buf.num_windows == 0:
-        raise ValueError(f"offline dataset {dataset!r}: its {added['num_episodes']} episodes of {task!r} are all "
+        raise ValueError(f"offline dataset {dataset!r}: its {added['num_episodes']} episodes of {keep} are all "
                          f"shorter than horizon + 1 = {cfg.horizon + 1} steps: nothing to sample")
     return buf
 
@@ -518,7 +526,8 @@ def make_finetune_trainer(cfg, command: str | None = None):
     if info["extended_obs"] or info["extended_action"]:
         notes += f" Input dims extended: obs {info['extended_obs']}, action {info['extended_action']}."
     if offline is not None:
-        notes += f" Offline data: {dataset} (ratio {cfg.offline_ratio})."
+        notes += (f" Offline data: {dataset}, tasks {', '.join(offline.offline_tasks)} (ratio {cfg.offline_ratio})"
+                  + ("." if offline.offline_tasks == [cfg.task] else ", rehearsed under their own task ids."))
     from .utils import is_hub_repo_id
 
     card_extra = dict(base_model=base_model, base_revision=base_revision, notes=notes, usage_task=cfg.task,

@@ -290,7 +290,7 @@ def test_run_setup_errors(source_dir, tmp_path):
     with pytest.raises(ValueError, match="offline-to-online needs offline_dataset"):
         make_finetune_trainer(cfg("mode=offline-to-online"))
     other = _write_dataset(tmp_path / "other", task="cartpole-swingup", obs_dim=5, action_dim=1)
-    with pytest.raises(ValueError, match=r"has tasks \['cartpole-swingup'\], fine-tuning task is 'reacher-easy'"):
+    with pytest.raises(ValueError, match=r"has tasks \['cartpole-swingup'\]: neither the fine-tuning task 'reacher-easy'"):
         make_finetune_trainer(cfg("mode=offline-to-online", f"offline_dataset={other}"))
     wrong = _write_dataset(tmp_path / "wrong", obs_dim=7, action_dim=2)  # reacher-easy claimed with obs 7
     with pytest.raises(ValueError, match=r"reacher-easy' has \(obs, action\) dims \(7, 2\)"):
@@ -302,6 +302,23 @@ def test_run_setup_errors(source_dir, tmp_path):
     with pytest.raises(ValueError, match="enc_dim=64 conflicts"):
         make_finetune_trainer(cfg("enc_dim=64"))
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_offline_buffer_of_a_held_out_task_rehearses_the_pretraining_tasks(source_dir, tmp_path):
+    """A dataset without the fine-tuning task (the pretraining data of a held-out task): its episodes of the
+    checkpoint's tasks come in under their own task ids; a dataset with the task: only that task's episodes."""
+    from mbdpo_hub.finetune import load_offline_buffer
+
+    policy, _ = adapt_policy_to_task(load_source_policy(str(source_dir)), "reacher-easy", init="mean")
+    pre = _write_dataset(tmp_path / "pre", task="cartpole-balance", obs_dim=5, action_dim=1, episodes=3)
+    buf = load_offline_buffer(str(pre), policy, "reacher-easy", batch_size=4, seed=0)
+    assert buf.offline_tasks == ["cartpole-balance"] and buf.num_episodes == 3
+    batch = buf.sample(16)
+    assert set(batch["task"].flatten().tolist()) == {policy.config.task_id("cartpole-balance")}
+    own = _write_dataset(tmp_path / "own", task="reacher-easy", obs_dim=6, action_dim=2, episodes=2)
+    buf = load_offline_buffer(str(own), policy, "reacher-easy", batch_size=4, seed=0)
+    assert buf.offline_tasks == ["reacher-easy"]
+    assert set(buf.sample(16)["task"].flatten().tolist()) == {policy.config.task_id("reacher-easy")}
 
 
 EVAL = {"cartpole-balance": dict(mean_return=1.0, std_return=0.0, episodes=1)}
