@@ -1,0 +1,122 @@
+"""Which anchor keeps fine-tuning from collapsing (issue 12 sections 2 and 6): the demo's fine-tuning run
+(recipes/configs/finetune.yaml: the embedded default onto a held-out task, 3,000 steps, 10 evaluation episodes at
+step 0 and at the end) repeated with one change each.
+
+    python benchmarks/finetune_anchors.py --variants paper eta rehearsal eta+pi+rehearsal --jobs 1
+    python benchmarks/finetune_anchors.py --summarize-only
+
+Variants (`VARIANTS`; every other setting is the demo config's, overrides appended to it):
+* paper: the paper's planner anchor (energy_eta 0.01), online only: the demo before this change;
+* eta: the energy bonus in planning 10x stronger (energy_eta 0.1);
+* pi: the normalised energy of the policy prior's actions in its loss (energy_pi_coef 1);
+* rehearsal: offline-to-online, the checkpoint's pretraining data (its own tasks under their own ids) mixed into
+  every batch at offline_ratio 0.5;
+* combinations joined with "+".
+Each run is a normal fine-tuning run folder `<runs-dir>/<variant>-seed<seed>` (killed, the same command resumes; a
+finished run is skipped). Writes benchmarks/results/finetune_anchors.json: per variant the zero-shot and final
+returns (mean +/- std over the evaluation episodes), their ratio, and the training episodes' returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PARTS = {
+    "paper": [],
+    "eta": ["energy_eta=0.1"],
+    "pi": ["energy_pi_coef=1.0"],
+    "rehearsal": ["mode=offline-to-online", "offline_dataset=datasets/dmc8-expert", "offline_ratio=0.5"],
+}
+
+
+def overrides(variant: str) -> list[str]:
+    out = []
+    for part in variant.split("+"):
+        if part not in PARTS:
+            raise SystemExit(f"unknown variant part {part!r}: use {sorted(PARTS)} joined with '+'")
+        out += PARTS[part]
+    return out
+
+
+def run_one(variant: str, seed: int, args) -> Path:
+    out = Path(args.runs_dir) / f"{variant}-seed{seed}"
+    if (out / "eval_results.json").exists():
+        print(f"{out}: finished, skipped")
+        return out
+    cmd = [sys.executable, str(REPO / "recipes/finetune.py"), "--config", args.config, f"output_dir={out}",
+           f"seed={seed}", "progress=false", f"task={args.task}", *overrides(variant), *args.extra]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    print("$", " ".join(cmd), flush=True)
+    with open(str(out) + ".log", "a") as log:
+        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        print(f"{variant} seed {seed}: FAILED (rc {rc}), see {out}.log", file=sys.stderr)
+    return out
+
+
+def summarize_run(out: Path) -> dict | None:
+    if not (out / "eval.csv").exists():
+        return None
+    with open(out / "eval.csv") as f:
+        evals = [dict(step=int(r["step"]), mean_return=float(r["mean_return"]), std_return=float(r["std_return"]),
+                      episodes=int(r["episodes"])) for r in csv.DictReader(f)]
+    train = []
+    if (out / "train.csv").exists():
+        with open(out / "train.csv") as f:
+            train = [float(r["episode_return"]) for r in csv.DictReader(f)]
+    fit = json.loads((out / "task_fit.json").read_text()) if (out / "task_fit.json").exists() else {}
+    zero, final = evals[0], evals[-1]
+    done = (out / "eval_results.json").exists()
+    return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
+                final_over_zero_shot=(final["mean_return"] / zero["mean_return"]) if done and zero["mean_return"]
+                else None, train_episode_returns=train, task_row_from=fit.get("chosen"))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["paper", "eta", "rehearsal", "eta+pi+rehearsal"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1])
+    ap.add_argument("--task", default="cartpole-balance-sparse")
+    ap.add_argument("--config", default="recipes/configs/finetune.yaml")
+    ap.add_argument("--runs-dir", default="runs/anchors")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (one per core at most)")
+    ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/finetune_anchors.json")
+    ap.add_argument("extra", nargs="*", help="more key=value overrides for every run")
+    args = ap.parse_args(argv)
+    from _common import machine_info, write_json
+
+    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    for v, _ in jobs:
+        overrides(v)  # unknown variants fail before anything runs
+    if not args.summarize_only:
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            list(pool.map(lambda vs: run_one(vs[0], vs[1], args), jobs))
+    rows = {}
+    for v, s in jobs:
+        r = summarize_run(Path(args.runs_dir) / f"{v}-seed{s}")
+        if r is None:
+            continue
+        rows.setdefault(v, {})[s] = r
+        z, f = r["zero_shot"], r["final"]
+        fin = f"{f['mean_return']:7.1f} +/- {f['std_return']:6.1f}" if f else "   (not finished)"
+        print(f"{v:<20} seed {s}: zero-shot {z['mean_return']:7.1f} +/- {z['std_return']:6.1f} -> final {fin}  "
+              f"train episodes {[round(x) for x in r['train_episode_returns']]}")
+    write_json(args.out, dict(benchmark="finetune_anchors", task=args.task, config=args.config,
+                              overrides={v: overrides(v) for v in args.variants}, extra=args.extra,
+                              machine=machine_info(), results=rows))
+
+
+if __name__ == "__main__":
+    main()
