@@ -6,7 +6,7 @@ step 0 and at the end) repeated with one change each.
     python benchmarks/finetune_anchors.py --summarize-only
 
 Variants (`VARIANTS`; every other setting is the demo config's, overrides appended to it):
-* paper: the paper's planner anchor (energy_eta 0.01), online only: the demo before this change;
+* paper: the paper's planner anchor (energy_eta 0.01), online only (the demo of round 2 session 2);
 * eta: the energy bonus in planning 10x stronger (energy_eta 0.1);
 * pi: the normalised energy of the policy prior's actions in its loss (energy_pi_coef 1);
 * rehearsal: offline-to-online, the checkpoint's pretraining data (its own tasks under their own ids) mixed into
@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+#: every run starts from the paper's anchors (whatever the config file says), then the variant's parts
+BASE = ["energy_eta=0.01", "energy_pi_coef=0.0", "mode=online", "offline_dataset=null"]
 PARTS = {
     "paper": [],
     "eta": ["energy_eta=0.1"],
@@ -40,7 +42,7 @@ PARTS = {
 
 
 def overrides(variant: str) -> list[str]:
-    out = []
+    out = list(BASE)
     for part in variant.split("+"):
         if part not in PARTS:
             raise SystemExit(f"unknown variant part {part!r}: use {sorted(PARTS)} joined with '+'")

@@ -353,9 +353,16 @@ def apply_model_overrides(policy: MBDPODiffusionPolicy, overrides: dict[str, Any
 
 
 def pretraining_dataset_of(policy: MBDPODiffusionPolicy) -> str | None:
+    """The dataset the checkpoint's config names as its pretraining data, or None. A relative folder that does not
+    exist from the working directory is looked up in the project checkout this package lives in (the embedded
+    default names `datasets/dmc8-expert`, a folder of the repository); a Hub dataset id is returned as it is."""
     for attr in PRETRAINING_DATASET_ATTRS:
         value = getattr(policy.config, attr, None)
         if isinstance(value, str) and value:
+            here = Path(value)
+            in_checkout = Path(__file__).resolve().parents[1] / value
+            if not here.exists() and not here.is_absolute() and in_checkout.is_dir():
+                return str(in_checkout)
             return value
     return None
 
@@ -375,7 +382,8 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
     try:
         meta = read_tasks(dataset, revision=revision)
     except Exception as e:  # noqa: BLE001
-        raise OSError(f"cannot read offline dataset {dataset!r}: {type(e).__name__}: {e}") from e
+        raise OSError(f"cannot read offline dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "pass offline_dataset=<dataset folder or Hub dataset id>, or mode=online") from e
     names = [t["name"] for t in meta["tasks"]]
     keep = [task] if task in names else [t for t in names if t in cfg.tasks and t != task]
     if not keep:

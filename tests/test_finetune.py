@@ -321,6 +321,19 @@ def test_offline_buffer_of_a_held_out_task_rehearses_the_pretraining_tasks(sourc
     assert set(buf.sample(16)["task"].flatten().tolist()) == {policy.config.task_id("reacher-easy")}
 
 
+def test_pretraining_dataset_is_found_in_the_checkout_from_any_directory(source_dir, tmp_path, monkeypatch):
+    from mbdpo_hub.finetune import pretraining_dataset_of
+
+    policy = load_source_policy(str(source_dir))
+    assert pretraining_dataset_of(policy) is None
+    repo = Path(ft.__file__).resolve().parents[1]
+    policy.config.pretraining_dataset = "datasets/dmc8-expert"
+    monkeypatch.chdir(tmp_path)
+    assert pretraining_dataset_of(policy) == str(repo / "datasets/dmc8-expert")
+    policy.config.pretraining_dataset = "org/some-dataset"  # a Hub id stays as it is
+    assert pretraining_dataset_of(policy) == "org/some-dataset"
+
+
 EVAL = {"cartpole-balance": dict(mean_return=1.0, std_return=0.0, episodes=1)}
 
 
