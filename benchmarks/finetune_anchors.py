@@ -41,6 +41,11 @@ PARTS = {
 }
 
 
+#: train.csv columns reported for the last training episode
+DIAGNOSTICS = ("q_mean", "td_target_mean", "reward_mean", "reward_loss", "value_loss", "consistency_loss",
+               "pi_entropy", "pi_scale", "energy_accuracy")
+
+
 def overrides(variant: str) -> list[str]:
     out = list(BASE)
     for part in variant.split("+"):
@@ -73,16 +78,21 @@ def summarize_run(out: Path) -> dict | None:
     with open(out / "eval.csv") as f:
         evals = [dict(step=int(r["step"]), mean_return=float(r["mean_return"]), std_return=float(r["std_return"]),
                       episodes=int(r["episodes"])) for r in csv.DictReader(f)]
-    train = []
+    train, last = [], {}
     if (out / "train.csv").exists():
         with open(out / "train.csv") as f:
-            train = [float(r["episode_return"]) for r in csv.DictReader(f)]
+            rows = list(csv.DictReader(f))
+        train = [float(r["episode_return"]) for r in rows]
+        updated = [r for r in rows if r.get("q_mean") not in ("", None)]
+        if updated:  # the learner's diagnostics over the last training episode (means over its updates)
+            last = {k: float(updated[-1][k]) for k in DIAGNOSTICS if updated[-1].get(k) not in ("", None)}
     fit = json.loads((out / "task_fit.json").read_text()) if (out / "task_fit.json").exists() else {}
     zero, final = evals[0], evals[-1]
     done = (out / "eval_results.json").exists()
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"]) if done and zero["mean_return"]
-                else None, train_episode_returns=train, task_row_from=fit.get("chosen"))
+                else None, train_episode_returns=train, task_row_from=fit.get("chosen"),
+                last_episode_diagnostics=last)
 
 
 def main(argv=None):
@@ -114,7 +124,8 @@ def main(argv=None):
         z, f = r["zero_shot"], r["final"]
         fin = f"{f['mean_return']:7.1f} +/- {f['std_return']:6.1f}" if f else "   (not finished)"
         print(f"{v:<20} seed {s}: zero-shot {z['mean_return']:7.1f} +/- {z['std_return']:6.1f} -> final {fin}  "
-              f"train episodes {[round(x) for x in r['train_episode_returns']]}")
+              f"train episodes {[round(x) for x in r['train_episode_returns']]}  last episode: "
+              + " ".join(f"{k}={v:.3g}" for k, v in r["last_episode_diagnostics"].items()))
     write_json(args.out, dict(benchmark="finetune_anchors", task=args.task, config=args.config,
                               overrides={v: overrides(v) for v in args.variants}, extra=args.extra,
                               machine=machine_info(), results=rows))

@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 FT_YAML = REPO / "recipes" / "configs" / "finetune.yaml"
 OFFICIAL = Path(os.environ.get("MBDPO_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
-# a tiny run: 3 episodes of 50 steps, tiny planner, no video / trackers / progress bar
-RUN = ["episode_length=50", "steps=100", "seed_steps=50", "seed_updates=5", "utd=0.5", "eval_episodes=1", "eval_freq=0", "save_video=false", "log_with=none",
+# a tiny run: 3 episodes of 50 steps, tiny planner, no video / trackers / progress bar; online (the demo config's
+# offline-to-online needs the checkpoint's pretraining dataset, which the tiny checkpoints do not name)
+RUN = ["mode=online", "episode_length=50", "steps=100", "seed_steps=50", "seed_updates=5", "utd=0.5", "eval_episodes=1", "eval_freq=0", "save_video=false", "log_with=none",
        "progress=false", "batch_size=16", "checkpoint_freq=0", "diffusion_steps=2", "num_samples=16",
        "num_elites=4", "num_pi_trajs=2"]
 
@@ -475,7 +476,8 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
 
     assert cli.DEMO_CONFIG.samefile(FT_YAML)  # one file: recipes/configs/finetune.yaml links to the package's
     out = tmp_path / "demo"
-    assert cli.main(["demo", *RUN, f"output_dir={out}"]) == 0
+    demo_run = [r for r in RUN if r != "mode=online"]  # the demo as configured: the pretraining data rehearsed
+    assert cli.main(["demo", *demo_run, f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "fine-tune the embedded default checkpoint on cartpole-balance-sparse" in printed
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
@@ -483,6 +485,7 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
     assert "cartpole-balance-sparse" in policy.config.tasks
     card = (out / "README.md").read_text()
     assert "from the embedded default checkpoint of mbdpo-hub" in card  # the base is named
+    assert "Offline data: " in card and "rehearsed under their own task ids" in card
     assert 'task="cartpole-balance-sparse"' in card  # the usage snippet acts on the fine-tuned task
 
 
