@@ -88,7 +88,13 @@ def summarize_run(out: Path) -> dict | None:
             last = {k: float(updated[-1][k]) for k in DIAGNOSTICS if updated[-1].get(k) not in ("", None)}
     fit = json.loads((out / "task_fit.json").read_text()) if (out / "task_fit.json").exists() else {}
     zero, final = evals[0], evals[-1]
-    done = (out / "eval_results.json").exists()
+    # finished: the outputs are written, or the last evaluation is at the run's last step (a run that failed while
+    # writing its card, as one did before local_repo_id)
+    import yaml
+
+    steps = yaml.safe_load((out / "train_config.yaml").read_text()).get("steps") if (out / "train_config.yaml"
+                                                                                     ).exists() else None
+    done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"]) if done and zero["mean_return"]
                 else None, train_episode_returns=train, task_row_from=fit.get("chosen"),

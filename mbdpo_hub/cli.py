@@ -173,12 +173,13 @@ def cmd_import_lerobot(args) -> int:
 
 def cmd_card(args) -> int:
     from .hub.cards import build_model_card
+    from .utils import local_repo_id
     from .modeling_mbdpo import MBDPODiffusionPolicy
 
     run = Path(args.run_dir)
     results = json.loads((run / "eval_results.json").read_text())
     policy_config = MBDPODiffusionPolicy.config_class.from_pretrained(run)
-    card = build_model_card(repo_id=args.repo_id or f"local/{run.name}", config_dict=policy_config.to_dict(),
+    card = build_model_card(repo_id=args.repo_id or local_repo_id(run.name), config_dict=policy_config.to_dict(),
                             eval_results=results["results"], normalized_score=results.get("normalized_score"),
                             train_config_yaml=(run / "train_config.yaml").read_text()
                             if (run / "train_config.yaml").exists() else None,

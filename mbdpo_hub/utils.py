@@ -19,6 +19,12 @@ import torch
 HUB_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def local_repo_id(name: str, fallback: str = "model") -> str:
+    """`local/<name>` with `name` made a valid Hub repo name (a card needs one; a folder may be called `a+b`)."""
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in str(name)).strip("-.") or fallback
+    return f"local/{slug[:96]}"
+
+
 def is_hub_repo_id(name: str | os.PathLike, *, local_first: bool = True) -> bool:
     """True when `name` has the form `org/name` (and, with `local_first`, no local file or folder has that name)."""
     name = str(name)

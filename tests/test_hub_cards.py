@@ -100,6 +100,16 @@ def test_model_card_metadata_validates():
     assert '"hidden": 3' in text  # the exact config
 
 
+def test_a_run_folder_of_any_name_gets_a_valid_card():
+    """A run folder called `eta+rehearsal-seed1` once failed at the very end of training: `local/<folder>` was not
+    a valid repo id. `local_repo_id` makes one."""
+    from mbdpo_hub.utils import local_repo_id
+
+    assert local_repo_id("eta+rehearsal-seed1") == "local/eta-rehearsal-seed1"
+    assert local_repo_id("+++") == "local/model" and local_repo_id("ok_name.v2") == "local/ok_name.v2"
+    validate_card(_card(repo_id=local_repo_id("eta+pi+rehearsal seed 1")))
+
+
 def test_model_index_values_are_mean_plus_minus_std():
     assert format_mean_std(1, 0.5) == "1.00 +/- 0.50"
     assert format_mean_std(-3.14159, 2) == "-3.14 +/- 2.00"

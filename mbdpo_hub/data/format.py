@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..utils import recover_folder, swap_folder
+from ..utils import local_repo_id, recover_folder, swap_folder
 from .stats import _TaskStats
 
 FORMAT_NAME = "mbdpo_hub.dataset"
@@ -88,9 +88,8 @@ def write_dataset_card(folder: str | os.PathLike, info: dict) -> Path:
 
     folder = Path(folder)
     name = str(info.get("name") or folder.name)
-    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "dataset"
     card = build_dataset_card(
-        repo_id=f"local/{slug}", tasks=info.get("tasks") or [], obs_dim=info.get("obs_dim"),
+        repo_id=local_repo_id(name, "dataset"), tasks=info.get("tasks") or [], obs_dim=info.get("obs_dim"),
         action_dim=info.get("action_dim"), num_episodes=info.get("num_episodes"), num_frames=info.get("num_frames"),
         source=info.get("source"), description=info.get("description"), collection=info.get("collection"),
         pretty_name=name, license=info.get("license") or DEFAULT_LICENSE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import atomic_path, atomic_write_text
+from ..utils import atomic_path, atomic_write_text, local_repo_id
 from .checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint
 from .config import dump_config
 
@@ -260,7 +260,7 @@ class RunFolder:
         from ..hub.cards import build_model_card
 
         return build_model_card(
-            repo_id=self.cfg.hub_repo_id or f"local/{self.out.name}", config_dict=self.policy.config.to_dict(),
+            repo_id=self.cfg.hub_repo_id or local_repo_id(self.out.name), config_dict=self.policy.config.to_dict(),
             eval_results=results, normalized_score=score, command=self.command, train_config_yaml=dump_config(self.cfg),
             curve_path=Path(curve).name if curve else None, video_path=Path(video).name if video else None, **kw)
 
