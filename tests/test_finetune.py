@@ -26,7 +26,8 @@ OFFICIAL = Path(os.environ.get("MBDPO_FIXTURES", REPO.parent / "shared" / "fixtu
 
 # a tiny run: 3 episodes of 50 steps, tiny planner, no video / trackers / progress bar; online (the demo config's
 # offline-to-online needs the checkpoint's pretraining dataset, which the tiny checkpoints do not name)
-RUN = ["mode=online", "episode_length=50", "steps=100", "seed_steps=50", "seed_updates=5", "utd=0.5", "eval_episodes=1", "eval_freq=0", "save_video=false", "log_with=none",
+RUN = ["mode=online", "episode_length=50", "steps=100", "seed_steps=50", "seed_updates=5", "utd=0.5", "eval_episodes=1",
+       "eval_freq=0", "save_video=false", "log_with=none",
        "progress=false", "batch_size=16", "checkpoint_freq=0", "diffusion_steps=2", "num_samples=16",
        "num_elites=4", "num_pi_trajs=2"]
 
@@ -386,8 +387,9 @@ def test_offline_to_online_finetune(source_dir, tmp_path, monkeypatch):
     data = _write_dataset(tmp_path / "data", task="reacher-easy", episodes=2)
     hashes = tree_hash(source_dir)
     out = tmp_path / "run"
-    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", "mode=offline-to-online",
-                                    f"offline_dataset={data}", "task_init=mean", f"output_dir={out}", *RUN])
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=reacher-easy", *RUN,
+                                         "mode=offline-to-online", f"offline_dataset={data}", "task_init=mean",
+                                         f"output_dir={out}"])
     trainer = make_finetune_trainer(cfg)
     off = trainer.offline_buffer
     assert off.num_episodes == 2 and (off.obs_dim, off.action_dim) == (6, 2)
