@@ -221,6 +221,30 @@ def test_pretrain_resume(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_killed_in_the_final_evaluation_resumes_without_updating(tmp_path, monkeypatch):
+    """The final evaluation can take longer than the updates (a 5M model on a CPU): the last step is checkpointed
+    before it, so a rerun only evaluates."""
+    from mbdpo_hub.training import OfflinePretrainer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ds = write_dataset(tmp_path / "ds")
+    out = tmp_path / "run"
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(OfflinePretrainer, "run_eval", killed)
+        with pytest.raises(KeyboardInterrupt):
+            OfflinePretrainer(pretrain_cfg(ds, out, "steps=3", "checkpoint_freq=2", "eval_episodes=1")).run()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_000000003"
+    t = OfflinePretrainer(pretrain_cfg(ds, out, "steps=3", "checkpoint_freq=2", "eval_episodes=1"))
+    t.run()
+    assert t.ckpt_loaded is not None and t.learner.num_updates == 3
+    assert json.loads((out / "eval_results.json").read_text())["eval_step"] == 3
+
+
+@pytest.mark.slow
 def test_two_processes_one_consistent_checkpoint(tmp_path):
     ds = write_dataset(tmp_path / "ds")
     out = tmp_path / "run"

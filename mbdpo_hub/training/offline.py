@@ -360,6 +360,8 @@ class OfflinePretrainer(RunFolder):
         if bar is not None:
             bar.close()
         if cfg.eval_episodes > 0 and (self.last_eval_step != self.step or self.eval_changed()):
+            if cfg.checkpoint_freq > 0:  # the final evaluation can take longer than the updates: killed in it, a
+                self.save_checkpoint()  # rerun resumes here and only evaluates
             self.run_eval()
         if cfg.checkpoint_freq > 0:  # a final checkpoint: a later run with more steps resumes from here
             self.save_checkpoint()
