@@ -36,7 +36,8 @@ task_init but source/auto is an error.
   encoder / dynamics / reward / Q / policy / energy outputs equal the source's.
 
 `make_finetune_trainer(cfg)` builds the `OnlineTrainer` for `mode=online` or `mode=offline-to-online` (offline data
-from `cfg.offline_dataset`, a local dataset folder or a Hub dataset id, remapped to the fine-tuning task's id).
+from `cfg.offline_dataset`, a local dataset folder or a Hub dataset id: its episodes of the fine-tuning task, or,
+for a task it lacks, its episodes of the checkpoint's own tasks under their ids: see `load_offline_buffer`).
 `cfg.task_init` and `cfg.source_task` select the embedding initialisation.
 """
 
