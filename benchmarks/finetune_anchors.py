@@ -5,7 +5,7 @@ step 0 and at the end) repeated with one change each.
     python benchmarks/finetune_anchors.py --variants paper eta rehearsal eta+pi+rehearsal --jobs 1
     python benchmarks/finetune_anchors.py --summarize-only
 
-Variants (`VARIANTS`; every other setting is the demo config's, overrides appended to it):
+Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, overrides appended to it):
 * paper: the paper's planner anchor (energy_eta 0.01), online only (the demo of round 2 session 2);
 * eta: the energy bonus in planning 10x stronger (energy_eta 0.1);
 * pi: the normalised energy of the policy prior's actions in its loss (energy_pi_coef 1);
@@ -27,6 +27,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,10 +92,8 @@ def summarize_run(out: Path) -> dict | None:
     zero, final = evals[0], evals[-1]
     # finished: the outputs are written, or the last evaluation is at the run's last step (a run that failed while
     # writing its card, as one did before local_repo_id)
-    import yaml
-
-    steps = yaml.safe_load((out / "train_config.yaml").read_text()).get("steps") if (out / "train_config.yaml"
-                                                                                     ).exists() else None
+    config = out / "train_config.yaml"
+    steps = yaml.safe_load(config.read_text()).get("steps") if config.exists() else None
     done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"]) if done and zero["mean_return"]

@@ -173,8 +173,8 @@ def cmd_import_lerobot(args) -> int:
 
 def cmd_card(args) -> int:
     from .hub.cards import build_model_card
-    from .utils import local_repo_id
     from .modeling_mbdpo import MBDPODiffusionPolicy
+    from .utils import local_repo_id
 
     run = Path(args.run_dir)
     results = json.loads((run / "eval_results.json").read_text())

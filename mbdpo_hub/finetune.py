@@ -385,13 +385,14 @@ def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *
     except Exception as e:  # noqa: BLE001
         raise OSError(f"cannot read offline dataset {dataset!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                       "pass offline_dataset=<dataset folder or Hub dataset id>, or mode=online") from e
-    names = [t["name"] for t in meta["tasks"]]
-    keep = [task] if task in names else [t for t in names if t in cfg.tasks and t != task]
+    entries = {t["name"]: t for t in meta["tasks"]}
+    names = list(entries)
+    keep = [task] if task in entries else [t for t in names if t in cfg.tasks]
     if not keep:
         raise ValueError(f"offline dataset {dataset!r} has tasks {names}: neither the fine-tuning task {task!r} nor "
                          f"any task of the checkpoint ({cfg.tasks}); pass an offline_dataset with one of them")
     for name in keep:
-        entry = next(t for t in meta["tasks"] if t["name"] == name)
+        entry = entries[name]
         tid = cfg.task_id(name)
         want = (cfg.obs_dims[tid], cfg.action_dims[tid])
         if (int(entry["obs_dim"]), int(entry["action_dim"])) != want:
