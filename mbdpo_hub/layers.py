@@ -111,7 +111,11 @@ class NormedLinear(nn.Linear):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        return self.post(super().forward(x))
+
+    def post(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the affine map: (dropout), LayerNorm, activation. For callers that compute the affine
+        part themselves (the world model's fused, per-start-state first layers in imagined rollouts)."""
         if self.dropout is not None:
             x = self.dropout(x)
         return self.act(self.ln(x))

@@ -191,8 +191,7 @@ class MBDPOLearner:
             sigma = sched.sample_std(steps, x).unsqueeze(1)
             noise = torch.randn(S, K, H, A, device=z.device, dtype=z.dtype)
             cand = (sched.x0_mean(x, steps).unsqueeze(1) + sigma * noise).clamp(-1, 1) * mask.unsqueeze(1)
-            v = policy.estimate_value(z.repeat_interleave(K, 0), cand.reshape(S * K, H, A).transpose(0, 1),
-                                      t_task.repeat_interleave(K, 0)).view(S, K)
+            v = policy.estimate_value(z, cand.reshape(S * K, H, A).transpose(0, 1), t_task, repeats=K).view(S, K)
             v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True).clamp(min=1e-4)
             w = torch.softmax(v / cfg.temperature, dim=1)
             x0_hat = (w.view(S, K, 1, 1) * cand).sum(1)

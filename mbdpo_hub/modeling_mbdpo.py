@@ -247,6 +247,45 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         q = two_hot_inv(self.Qs(x, heads=heads, target=target, detach=detach), self.config)
         return q.min(0).values if return_type == "min" else q.mean(0)
 
+    def joint_forward(self, nets, z: torch.Tensor, a: torch.Tensor, task, repeats: int = 1) -> list[torch.Tensor]:
+        """Run networks over the joint input [z, task embedding, a] (dynamics, reward, energy) without building it.
+
+        Their first layers (NormedLinear over L + T + A columns) run as one GEMM of the stacked weights, split by
+        column block: the z and task-embedding parts are computed once per start state and shared by its
+        `repeats` rows, only the action part once per row. Equal to `net(self.za(z, a, task))` for each net, up
+        to float rounding.
+
+        z (B, L) shared by `repeats` consecutive rows of a (B * repeats, A) (a planner's candidates of one env), or
+        z (N, L) with a (N, A); task: scalar or (B,), one per start state. Returns one output (N, out) per net.
+        """
+        cfg = self.config
+        if a.shape[-1] != cfg.action_dim:
+            raise ValueError(f"action has dim {a.shape[-1]}, this model expects {cfg.action_dim} "
+                             "(pad task actions with zeros at the end).")
+        L, A = cfg.latent_dim, cfg.action_dim
+        first = [net[0] for net in nets]
+        w = torch.cat([f.weight for f in first]) if len(first) > 1 else first[0].weight
+        shared = torch.cat([f.bias for f in first]) if len(first) > 1 else first[0].bias  # (M,) or (B, M)
+        if self.task_embedding is not None:
+            shared = shared + self.task_embedding(self.task_tensor(task, z)) @ w[:, L:-A].T
+            w = torch.cat([w[:, :L], w[:, -A:]], dim=1)  # the [z | a] columns
+        if repeats > 1 and z.shape[0] * repeats == a.shape[0]:  # z once per start state, a per row
+            h = torch.addmm(shared, z, w[:, :L].T) if shared.dim() == 1 else shared + z @ w[:, :L].T
+            h = torch.addmm(h.repeat_interleave(repeats, 0), a, w[:, L:].T)
+        else:  # one row per z: a single GEMM over [z | a]
+            if shared.dim() == 2 and repeats > 1:
+                shared = shared.repeat_interleave(repeats, 0)
+            x = torch.cat([z, a], dim=-1)
+            h = torch.addmm(shared, x, w.T) if shared.dim() == 1 else shared + x @ w.T
+        parts = h.split([f.out_features for f in first], dim=-1) if len(first) > 1 else (h,)
+        outs = []
+        for net, part in zip(nets, parts):
+            x = net[0].post(part)
+            for layer in net[1:]:
+                x = layer(x)
+            outs.append(x)
+        return outs
+
     # --- imagined returns --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def policy_rollout(self, z: torch.Tensor, task, horizon: int, generator=None) -> torch.Tensor:
@@ -260,32 +299,38 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         return torch.stack(actions)
 
     @torch.no_grad()
-    def estimate_value(self, z: torch.Tensor, actions: torch.Tensor, task, shaping=None,
-                       generator=None) -> torch.Tensor:
-        """Imagined return of action sequences: z (N, L), actions (H, N, A), task (N,) or scalar -> (N,).
+    def estimate_value(self, z: torch.Tensor, actions: torch.Tensor, task, shaping=None, generator=None,
+                       repeats: int = 1) -> torch.Tensor:
+        """Imagined return of action sequences: z (B, L), actions (H, B * repeats, A), task (B,) or scalar ->
+        (B * repeats,). Each z row starts `repeats` consecutive sequences (a planner's candidates of one env), so
+        the parts of the first layers that depend on z_0 and the task only are computed once per row.
 
-        G = sum_t gamma^t (1 - term_t) (r_t + shaping(x_t)) + gamma^H (1 - term_H) Q_avg(z_H, pi(z_H)).
-        `shaping` (e.g. MBDPO's energy bonus) maps the joint input x_t = [z_t, task embedding, a_t] (N, L+T+A) of
-        the pre-transition latent to (N, 1).
+        G = sum_t gamma^t (1 - term_t) (r_t + bonus(F(x_t))) + gamma^H (1 - term_H) Q_avg(z_H, pi(z_H)).
+        `shaping` (MBDPO's energy bonus) is a pair (F, bonus): F a network over the joint input
+        x_t = [z_t, task embedding, a_t] of the pre-transition latent, bonus mapping its output (N, ·) to (N, 1).
         """
-        gamma = self.discount(task, z)
-        if gamma.dim() == 1:
-            gamma = gamma.unsqueeze(-1)
-        G = torch.zeros(z.shape[0], 1, device=z.device, dtype=z.dtype)
+        N = actions.shape[1]
+        rows = self.task_tensor(task, z)
+        if rows.dim() == 1 and repeats > 1:
+            rows = rows.repeat_interleave(repeats, 0)  # one task per sequence, for the networks over z alone
+        gamma = self.discounts[rows]
+        gamma = gamma.view(-1, 1) if gamma.dim() == 1 else gamma
+        G = torch.zeros(N, 1, device=z.device, dtype=z.dtype)
         disc = torch.ones_like(G)
         alive = torch.ones_like(G)
+        nets = [self.reward_head, self.dynamics] + ([shaping[0]] if shaping is not None else [])
         for t in range(actions.shape[0]):
-            x = self.za(z, actions[t], task)  # built once per step for the reward, the shaping and the dynamics
-            r = two_hot_inv(self.reward_head(x), self.config)
+            outs = self.joint_forward(nets, z, actions[t], task, repeats)  # z shared per start state at t = 0 only
+            r = two_hot_inv(outs[0], self.config)
             if shaping is not None:
-                r = r + shaping(x)
-            z = self.dynamics(x)
+                r = r + shaping[1](outs[2])
+            z = outs[1]
             G = G + disc * alive * r
             disc = disc * gamma
             if self.termination_head is not None:
-                alive = alive * (self.termination(z, task) <= 0.5).to(z.dtype)
-        a = self.pi(z, task, generator=generator).action
-        G = G + disc * alive * self.Q(z, a, task, return_type="avg", generator=generator)
+                alive = alive * (self.termination(z, rows) <= 0.5).to(z.dtype)
+        a = self.pi(z, rows, generator=generator).action
+        G = G + disc * alive * self.Q(z, a, rows, return_type="avg", generator=generator)
         return G.squeeze(-1)
 
     def forward(self, obs: torch.Tensor, task=None) -> torch.Tensor:
@@ -368,11 +413,18 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
         """`energy_bonus` from the joint input x = [z, task embedding, a] (..., L+T+A) -> (..., 1)."""
         return self.config.energy_eta * self.normalized_energy(x)
 
+    def energy_bonus_of_energy(self, f: torch.Tensor) -> torch.Tensor:
+        """`energy_bonus` from the energy logit F (..., 1) itself."""
+        return self.config.energy_eta * self.normalize_energy(f)
+
     def normalized_energy(self, x: torch.Tensor) -> torch.Tensor:
         """F-tilde = clip((F - running mean) / running std, -clip, clip) of the joint input x (..., L+T+A)."""
-        cfg = self.config
-        f = (self.energy(x) - self.energy_mean) / self.energy_std.clamp(min=1e-6)
-        return f.clamp(-cfg.energy_clip, cfg.energy_clip)
+        return self.normalize_energy(self.energy(x))
+
+    def normalize_energy(self, f: torch.Tensor) -> torch.Tensor:
+        """clip((F - running mean) / running std, -clip, clip) of energy logits F (..., 1)."""
+        f = (f - self.energy_mean) / self.energy_std.clamp(min=1e-6)
+        return f.clamp(-self.config.energy_clip, self.config.energy_clip)
 
     def score(self, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, task=None) -> torch.Tensor:
         """Learned score of the action-sequence distribution: z (N, L), x (N, H, A), t (N,) -> (N, H, A)."""
@@ -384,13 +436,16 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
     # --- the planning-model interface used by planners ---------------------------------------------------------------
     @torch.no_grad()
-    def estimate_value(self, z, actions, task, generator=None):
+    def estimate_value(self, z, actions, task, generator=None, repeats=1):
+        """Energy-shaped imagined returns (see `MBDPOWorldModel.estimate_value`): z (B, L), actions
+        (H, B * repeats, A), task (B,) or scalar -> (B * repeats,)."""
         fn = self.__dict__.get("_compiled_value") or self._estimate_value
-        return fn(z, actions, task, generator=generator)
+        return fn(z, actions, task, generator=generator, repeats=repeats)
 
-    def _estimate_value(self, z, actions, task, generator=None):
-        shaping = self.energy_bonus_of_input if self.config.energy_eta != 0 else None
-        return self.world_model.estimate_value(z, actions, task, shaping=shaping, generator=generator)
+    def _estimate_value(self, z, actions, task, generator=None, repeats=1):
+        shaping = (self.energy, self.energy_bonus_of_energy) if self.config.energy_eta != 0 else None
+        return self.world_model.estimate_value(z, actions, task, shaping=shaping, generator=generator,
+                                               repeats=repeats)
 
     def compile_planning(self, enabled: bool = True) -> "MBDPODiffusionPolicy":
         """torch.compile the imagined-return evaluation, the planners' hot path (every candidate at every reverse

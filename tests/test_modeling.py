@@ -285,3 +285,64 @@ def test_fast_mish_equals_torch_mish():
     (g,) = torch.autograd.grad(mish(xg).sum(), xg)
     (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(xg).sum(), xg)
     torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def _reference_value(p, z, actions, task, generator):
+    """Energy-shaped imagined return built from the public per-network methods (one full [z, task, a] input per
+    network and step), the definition `estimate_value` must agree with."""
+    wm, G = p.world_model, 0.0
+    disc, alive = torch.ones(z.shape[0], 1), torch.ones(z.shape[0], 1)
+    gamma = wm.discount(task, z).view(-1, 1)
+    for t in range(actions.shape[0]):
+        r = two_hot_inv(wm.reward(z, actions[t], task), p.config) + p.energy_bonus(z, actions[t], task)
+        z = wm.next(z, actions[t], task)
+        G = G + disc * alive * r
+        disc = disc * gamma
+        if wm.termination_head is not None:
+            alive = alive * (wm.termination(z, task) <= 0.5).float()
+    a = wm.pi(z, task, generator=generator).action
+    return (G + disc * alive * wm.Q(z, a, task, return_type="avg", generator=generator)).squeeze(-1)
+
+
+@pytest.mark.parametrize("episodic", [False, True])
+def test_imagined_returns_share_first_layers_per_start_state(tiny, episodic):
+    """estimate_value(z (B, L), actions (H, B*K, A), task (B,), repeats=K) computes the first layers' z and task
+    parts once per start state: the returns equal the per-network definition on z and task repeated K times.
+    Multi-task with per-env tasks, and single-task episodic (termination head, no task embedding)."""
+    torch.manual_seed(0)
+    single = dict(tasks=["walker-walk"], obs_dims=[24], action_dims=[6], episode_lengths=[500], task_dim=0)
+    p = MBDPODiffusionPolicy(tiny(dropout=0.0, energy_eta=0.5, **(single if episodic else {}),
+                                  episodic=episodic)).eval()
+    for prm in p.parameters():  # a trained-looking model: no zero-initialised heads
+        prm.data.normal_(0, 0.3)
+    p.energy_std.fill_(0.7)
+    B, K, H, A = 3, 5, p.config.horizon, p.config.action_dim
+    z = torch.randn(B, p.config.latent_dim).softmax(-1)
+    task = None if episodic else torch.tensor([0, 1, 0])
+    rows = None if episodic else task.repeat_interleave(K, 0)
+    actions = torch.rand(H, B * K, A) * 2 - 1
+    got = p.estimate_value(z, actions, task, generator=torch.Generator().manual_seed(3), repeats=K)
+    want = _reference_value(p, z.repeat_interleave(K, 0), actions, rows, torch.Generator().manual_seed(3))
+    assert got.shape == (B * K,)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert want.std() > 0.1  # the candidates' returns differ: the comparison is not between constants
+    # one row per sequence (repeats=1) is the same function
+    again = p.estimate_value(z.repeat_interleave(K, 0), actions, rows, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
+
+
+def test_joint_forward_equals_each_network_on_the_joint_input(tiny):
+    torch.manual_seed(1)
+    p = MBDPODiffusionPolicy(tiny(dropout=0.0)).eval()
+    wm = p.world_model
+    for prm in p.parameters():
+        prm.data.normal_(0, 0.3)
+    z, a, task = torch.randn(4, wm.config.latent_dim), torch.rand(8, wm.config.action_dim), torch.tensor([1, 0, 1, 1])
+    nets = [wm.reward_head, wm.dynamics, p.energy]
+    with torch.no_grad():
+        outs = wm.joint_forward(nets, z, a, task, repeats=2)
+        x = wm.za(z.repeat_interleave(2, 0), a, task.repeat_interleave(2, 0))
+        for net, out in zip(nets, outs):
+            torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="action has dim"):
+        wm.joint_forward(nets, z, a[:, :2], task, repeats=2)

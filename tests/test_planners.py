@@ -13,8 +13,8 @@ class QuadraticWorld:
         # goals (B, H, A); env_masks (B, A) per env; task_masks (num_tasks, A)
         self.config, self.goals, self.masks, self.task_masks = config, goals, env_masks, task_masks
 
-    def estimate_value(self, z, actions, task, generator=None):  # z (N, 1) holds the env index
-        goal = self.goals[z[:, 0].long()].transpose(0, 1)  # (H, N, A)
+    def estimate_value(self, z, actions, task, generator=None, repeats=1):  # z (B, 1) holds the env index
+        goal = self.goals[z[:, 0].long()].repeat_interleave(repeats, 0).transpose(0, 1)  # (H, B*repeats, A)
         return -((actions - goal) ** 2).sum(dim=(0, 2))
 
     def policy_rollout(self, z, task, horizon, generator=None):  # a poor prior: uniform actions

@@ -2,7 +2,8 @@
 
 A planner holds no networks. It acts on a *planning model*: anything with
   - `config` (an `MBDPOConfig`),
-  - `estimate_value(z (N, L), actions (H, N, A), task (N,)) -> (N,)` imagined returns,
+  - `estimate_value(z (B, L), actions (H, B*K, A), task (B,), repeats=K) -> (B*K,)` imagined returns of K
+    sequences per start state (consecutive rows),
   - `policy_rollout(z (N, L), task (N,), horizon) -> (H, N, A)` policy-prior action sequences,
   - `action_mask(task (B,), like) -> (B, A)`,
   - `pi(z, task)` (the policy prior) and, for the score planner, `score(z, x, t, task)`.
@@ -41,10 +42,9 @@ class Planner:
     def evaluate(self, model, z, task, actions, generator=None):
         """Returns of per-env candidate sets: z (B, L), task (B,), actions (B, K, H, A) -> (B, K), NaN-free."""
         B, K, H, A = actions.shape
-        zk = z.repeat_interleave(K, dim=0)
-        tk = task.repeat_interleave(K, dim=0)
         seq = actions.reshape(B * K, H, A).transpose(0, 1)
-        return model.estimate_value(zk, seq, tk, generator=generator).view(B, K).nan_to_num(0.0)
+        # z and task once per env: the model computes their share of its first layers once for the K candidates
+        return model.estimate_value(z, seq, task, generator=generator, repeats=K).view(B, K).nan_to_num(0.0)
 
     def policy_candidates(self, model, z, task, generator=None):
         """Policy-prior sequences and their returns, drawn once per call: (B, P, H, A), (B, P) (P may be 0)."""
