@@ -118,6 +118,7 @@ __all__ = [
     "nearest_task",
     "apply_model_overrides",
     "load_offline_buffer",
+    "resolve_mode",
     "make_finetune_trainer",
 ]
 
@@ -368,6 +369,31 @@ def pretraining_dataset_of(policy: MBDPODiffusionPolicy) -> str | None:
     return None
 
 
+def resolve_mode(cfg, policy: MBDPODiffusionPolicy) -> tuple[str, str | None, str]:
+    """(mode, offline dataset or None, why) of a fine-tuning run. `mode=auto` rehearses the pretraining data when
+    there is some to read: `offline_dataset` if given, else the dataset the checkpoint names when it is a local
+    folder that exists or a Hub dataset id; otherwise (an official or user checkpoint that names none, a folder that
+    is gone) it fine-tunes online, and `why` says so."""
+    if cfg.mode == "online":
+        return "online", None, "mode=online"
+    dataset = cfg.offline_dataset or pretraining_dataset_of(policy)
+    if cfg.mode == "offline-to-online":
+        if not dataset:
+            raise ValueError("mode=offline-to-online needs offline_dataset=<dataset folder or Hub dataset id> (the "
+                             "checkpoint's config names no pretraining dataset)")
+        return cfg.mode, dataset, "mode=offline-to-online"
+    from .utils import is_hub_repo_id
+
+    if cfg.offline_dataset:
+        return "offline-to-online", dataset, f"mode=auto: offline_dataset={dataset} is given"
+    if dataset and (Path(dataset).is_dir() or is_hub_repo_id(dataset)):
+        return "offline-to-online", dataset, f"mode=auto: rehearsing the checkpoint's pretraining data {dataset}"
+    if dataset:
+        return "online", None, (f"mode=auto: the checkpoint's pretraining data {dataset!r} is not here, so online "
+                                "only (pass offline_dataset=<folder or Hub id> to rehearse it)")
+    return "online", None, "mode=auto: the checkpoint names no pretraining data, so online only"
+
+
 def load_offline_buffer(dataset: str, policy: MBDPODiffusionPolicy, task: str, *, batch_size: int,
                         capacity: int | None = None, revision: str | None = None, seed: int | None = None):
     """A ReplayBuffer of `dataset`'s episodes, task indices remapped to `policy`'s ids, obs/actions zero-padded to the
@@ -492,7 +518,7 @@ def prepare_finetune_policy(cfg) -> tuple[MBDPODiffusionPolicy, dict[str, Any]]:
 
 
 def make_finetune_trainer(cfg, command: str | None = None):
-    """The `OnlineTrainer` of a fine-tuning run (`cfg.mode` online or offline-to-online).
+    """The `OnlineTrainer` of a fine-tuning run (`cfg.mode` online or offline-to-online, auto: `resolve_mode`).
 
     The checkpoint is loaded and adapted here (so bad inputs fail before any environment starts); the trainer's
     `policy_factory` hands that policy over (and rebuilds it for a later call). `cfg.freeze` / `cfg.lr_scales` go
@@ -503,12 +529,11 @@ def make_finetune_trainer(cfg, command: str | None = None):
         raise TypeError(f"make_finetune_trainer needs a FinetuneConfig (load_finetune_config), got "
                         f"{type(cfg).__name__}")
     policy, info = prepare_finetune_policy(cfg)
-    offline = dataset = None
-    if cfg.mode == "offline-to-online":
-        dataset = cfg.offline_dataset or pretraining_dataset_of(policy)
-        if not dataset:
-            raise ValueError("mode=offline-to-online needs offline_dataset=<dataset folder or Hub dataset id> (the "
-                             "checkpoint's config names no pretraining dataset)")
+    mode, dataset, why = resolve_mode(cfg, policy)
+    policy.config.finetuned_from["mode"] = mode
+    print(f"fine-tuning {mode} ({why})", flush=True)
+    offline = None
+    if dataset is not None:
         offline = load_offline_buffer(dataset, policy, cfg.task, batch_size=cfg.batch_size,
                                       capacity=cfg.buffer_size, seed=cfg.seed + 12345)
     cache = {"policy": policy}
@@ -532,7 +557,7 @@ def make_finetune_trainer(cfg, command: str | None = None):
         origin = f"the embedded default checkpoint of mbdpo-hub {_library_version() or ''} (weights sha256 {digest})"
     else:
         origin = f"{src['checkpoint']}{'@' + str(src['revision']) if src['revision'] else ''}"
-    notes = f"Fine-tuned ({cfg.mode}) from {origin} on {cfg.task} ({what})."
+    notes = f"Fine-tuned ({mode}) from {origin} on {cfg.task} ({what})."
     if info["extended_obs"] or info["extended_action"]:
         notes += f" Input dims extended: obs {info['extended_obs']}, action {info['extended_action']}."
     if offline is not None:
@@ -561,5 +586,5 @@ def make_finetune_trainer(cfg, command: str | None = None):
                                      f"{res['loss_after_fit']:.3f}")
     trainer = OnlineTrainer(cfg, policy_factory=policy_factory, offline_buffer=offline, card_extra=card_extra,
                             command=command, first_update_hook=first_update_hook)
-    trainer.adapt_info = info
+    trainer.adapt_info = dict(info, mode=mode, mode_reason=why)
     return trainer

@@ -297,7 +297,7 @@ def test_run_setup_errors(source_dir, tmp_path):
     wrong = _write_dataset(tmp_path / "wrong", obs_dim=7, action_dim=2)  # reacher-easy claimed with obs 7
     with pytest.raises(ValueError, match=r"reacher-easy' has \(obs, action\) dims \(7, 2\)"):
         make_finetune_trainer(cfg("mode=offline-to-online", f"offline_dataset={wrong}"))
-    with pytest.raises(ValueError, match="mode must be online or offline-to-online"):
+    with pytest.raises(ValueError, match="mode must be auto, online or offline-to-online"):
         make_finetune_trainer(cfg("mode=scratch"))
     with pytest.raises(ValueError, match=r"eval_old_tasks \['walker-walk'\] are not in the checkpoint"):
         make_finetune_trainer(cfg("eval_old_tasks=[walker-walk]"))
@@ -653,3 +653,28 @@ def test_finetune_seed_phase_acts_with_the_checkpoint_and_updates_nothing(source
     assert [r["reward_loss"] == "" for r in train] == [True, True, False]
     # the model is unchanged through the seed phase: its step-0 evaluation stands for it (no copies at step 50)
     assert [int(r["step"]) for r in rows(out / "eval.csv")] == [0, 100, 150]
+
+
+def test_mode_auto_rehearses_the_pretraining_data_when_it_is_there(source_dir, tmp_path):
+    """mode=auto (the default): offline-to-online with offline_dataset or the checkpoint's own readable pretraining
+    data, online (saying why) when the checkpoint names none or its folder is gone; explicit modes are kept."""
+    from mbdpo_hub.finetune import resolve_mode
+    from mbdpo_hub.training import FinetuneConfig
+
+    policy = load_source_policy(str(source_dir))
+    data = _write_dataset(tmp_path / "data", task="walker-walk", obs_dim=24, action_dim=6)
+
+    def resolve(mode, named=None, given=None):
+        policy.config.pretraining_dataset = named
+        return resolve_mode(FinetuneConfig(task="reacher-easy", mode=mode, offline_dataset=given), policy)
+
+    assert FinetuneConfig(task="reacher-easy").mode == "auto"
+    assert resolve("auto", named=str(data))[:2] == ("offline-to-online", str(data))
+    assert resolve("auto", given=str(data))[:2] == ("offline-to-online", str(data))
+    mode, dataset, why = resolve("auto", named=str(tmp_path / "gone"))
+    assert (mode, dataset) == ("online", None) and "is not here" in why and "offline_dataset=" in why
+    assert resolve("auto")[:2] == ("online", None)
+    assert resolve("online", named=str(data))[:2] == ("online", None)
+    assert resolve("offline-to-online", named=str(data))[:2] == ("offline-to-online", str(data))
+    with pytest.raises(ValueError, match="offline-to-online needs offline_dataset"):
+        resolve("offline-to-online")

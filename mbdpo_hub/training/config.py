@@ -121,7 +121,10 @@ class RunConfig:
 class FinetuneConfig(RunConfig):
     """A `RunConfig` that starts from a pretrained checkpoint (recipes/finetune.py)."""
 
-    mode: str = "online"  # "online" | "offline-to-online"
+    # auto: offline-to-online when offline_dataset is given or the checkpoint names pretraining data that can be read
+    # (its tasks are rehearsed beside the new one: updating on the new task's data alone collapsed, benchmarks/README
+    # "Fine-tuning collapse"), else online | online | offline-to-online
+    mode: str = "auto"
     checkpoint: str | None = None  # folder | Hub id | official .pt/.pt.xz | None: the embedded default
     revision: str | None = None
     task_init: str = "auto"  # auto | fit | own | source | nearest | mean (mbdpo_hub.finetune.TASK_INITS)
@@ -140,8 +143,8 @@ class FinetuneConfig(RunConfig):
         super().validate()
         from ..finetune import TASK_INITS
 
-        if self.mode not in ("online", "offline-to-online"):
-            raise ValueError(f"mode must be online or offline-to-online, got {self.mode!r} "
+        if self.mode not in ("auto", "online", "offline-to-online"):
+            raise ValueError(f"mode must be auto, online or offline-to-online, got {self.mode!r} "
                              "(use recipes/train.py to train from scratch)")
         if self.task_init not in TASK_INITS:
             raise ValueError(f"task_init must be one of {TASK_INITS}, got {self.task_init!r}")
