@@ -108,6 +108,13 @@ def test_a_run_folder_of_any_name_gets_a_valid_card():
     assert local_repo_id("eta+rehearsal-seed1") == "local/eta-rehearsal-seed1"
     assert local_repo_id("+++") == "local/model" and local_repo_id("ok_name.v2") == "local/ok_name.v2"
     validate_card(_card(repo_id=local_repo_id("eta+pi+rehearsal seed 1")))
+    assert local_repo_id("réglage-ü") == "local/r-glage"  # non-ASCII letters are not valid in a repo id
+    assert local_repo_id("a++b..c") == "local/a-b-c"
+    from huggingface_hub.utils import validate_repo_id
+
+    for name in ("a++b..c", "x" * 200 + "+y", "-.é.-"):
+        validate_repo_id(local_repo_id(name))
+    validate_card(_card(repo_id=local_repo_id("réglage-ü")))
 
 
 def test_model_index_values_are_mean_plus_minus_std():
