@@ -79,7 +79,15 @@ class SimNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        return F.softmax(x.view(*shape[:-1], -1, self.dim), dim=-1).view(shape)
+        v = x.reshape(*shape[:-1], -1, self.dim)
+        if x.device.type != "cpu":
+            return F.softmax(v, dim=-1).view(shape)
+        # the same softmax written out: PyTorch's CPU kernel is about 6x slower on 8-wide rows (3x with backward);
+        # the shift gets no gradient (softmax does not depend on it)
+        e = (v - v.amax(-1, keepdim=True).detach()).exp()
+        if e.requires_grad and torch.is_grad_enabled():
+            return (e / e.sum(-1, keepdim=True)).view(shape)
+        return e.div_(e.sum(-1, keepdim=True)).view(shape)
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,17 @@ def test_simnorm_groups_sum_to_one():
     y = SimNorm(8)(x)
     assert y.shape == x.shape
     torch.testing.assert_close(y.view(5, 7, 4, 8).sum(-1), torch.ones(5, 7, 4))
+    # the written-out CPU softmax equals torch's, values and gradients, also for large logits (no overflow)
+    x = (torch.randn(6, 64) * 30).requires_grad_()
+    want = torch.softmax(x.view(6, 8, 8), -1).view(6, 64)
+    got = SimNorm(8)(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn(6, 64)
+    (gw,) = torch.autograd.grad(want, x, g)
+    (gg,) = torch.autograd.grad(got, x, g)
+    torch.testing.assert_close(gg, gw)
+    with torch.no_grad():
+        torch.testing.assert_close(SimNorm(8)(x), want)
 
 
 def test_two_hot_round_trip(tiny):
