@@ -191,7 +191,8 @@ class QEnsemble(nn.Module):
             if i < 2:
                 if i == 0 and self.dropout > 0 and self.training and not target:
                     h = F.dropout(h, self.dropout, training=True)
-                h = F.layer_norm(h, h.shape[-1:]) * p[f"ln_weight_{i}"].unsqueeze(1) + p[f"ln_bias_{i}"].unsqueeze(1)
+                h = torch.addcmul(p[f"ln_bias_{i}"].unsqueeze(1), F.layer_norm(h, h.shape[-1:]),
+                                  p[f"ln_weight_{i}"].unsqueeze(1))  # per-member LayerNorm affine, one pass
                 h = mish(h)
         return h.reshape(k, *lead, h.shape[-1])
 
