@@ -17,6 +17,9 @@ update = batch 256, horizon 3: one world-model + energy step, one policy step an
 weights are random. `--quick` shrinks everything (3 diffusion steps x 32 samples, batch 16, size 1, 1 round,
 2 repeats) to validate the script in well under a minute.
 
+Both children keep freed memory in glibc's malloc (`mbdpo_hub.utils.keep_freed_memory`, which our recipes call;
+`--default-malloc` leaves it as it is): a process setting, so the ratio compares code, not allocators.
+
 How it runs: the parent runs `--rounds` rounds; each round launches, for every (size, plan|update), one child per side
 (`--side official|ours --what plan|update --size N`), alternating which side goes first (ABBA). Each child pins one
 thread (`torch.set_num_threads(1)`, OMP/MKL_NUM_THREADS=1), builds its model, warms up, counts FLOPs with
@@ -295,6 +298,11 @@ def child(args) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     s = json.loads(args.settings)
+    kept = False
+    if not args.default_malloc:  # both sides: a process setting our recipes make (configure_threads), not code
+        from mbdpo_hub.utils import keep_freed_memory
+
+        kept = keep_freed_memory()
     t0 = time.perf_counter()
     if args.side == "official":
         fn, components, info = _build_official(Path(args.official).resolve(), args.size, s, args.what)
@@ -312,7 +320,7 @@ def child(args) -> None:
     q1, q3 = (statistics.quantiles(times, n=4, method="inclusive")[::2] if len(times) > 1 else (times[0], times[0]))
     out = dict(side=args.side, what=args.what, size=args.size, threads=torch.get_num_threads(), build_s=build_s,
                times_s=times, median_s=statistics.median(times), q1_s=q1, q3_s=q3, iqr_s=q3 - q1, flops=flops,
-               flops_by_component=by_component, **info)
+               flops_by_component=by_component, keep_freed_memory=kept, **info)
     print(RESULT_TAG + json.dumps(out), flush=True)
 
 
@@ -334,7 +342,7 @@ def cpu_model() -> str:
 def run_child(side, what, size, settings, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--side", side, "--what", what, "--size",
            str(size), "--settings", json.dumps(settings), "--repeats", str(args.repeats), "--warmup",
-           str(args.warmup), "--seed", str(args.seed)]
+           str(args.warmup), "--seed", str(args.seed), *(["--default-malloc"] if args.default_malloc else [])]
     if args.official:
         cmd += ["--official", str(args.official)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
@@ -483,6 +491,9 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny settings, to validate the script")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is in both children (default: both keep freed memory, as our "
+                         "recipes do: mbdpo_hub.utils.keep_freed_memory)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/vs_official.json "
                                                 "(quick: /tmp/vs_official_quick.json)")
     # child-process options

@@ -113,7 +113,32 @@ def configure_threads(num_processes: int | None = None) -> int:
         procs = num_processes or int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
         n = max(1, cores // max(1, procs) - 1)
     torch.set_num_threads(n)
+    keep_freed_memory()
     return n
+
+
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep freed blocks (up to `limit` bytes each) instead of returning them to the system.
+
+    An update allocates and frees the same activation-sized tensors every step; by default glibc serves blocks over
+    its mmap threshold with fresh pages each time, which costs 5-15k page faults per update here (measured: 5.6k at
+    1M, 15.6k at 5M, batch 256) and about 10% of a 5M update's CPU time. Returns False where it does not apply
+    (not glibc). The process's resident memory then stays at its peak, as PyTorch's GPU caching allocator does."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    # mmap's threshold is capped by glibc (32 MiB on 64-bit); larger blocks keep being mapped
+    ok = mallopt(M_MMAP_THRESHOLD, min(limit, 32 << 20)) == 1
+    return bool(mallopt(M_TRIM_THRESHOLD, limit) == 1 and ok)
 
 
 def report_errors(main, argv=None) -> int:
@@ -166,4 +191,4 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 __all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "swap_folder", "recover_folder", "set_seed", "rng_state",
-           "set_rng_state", "pad_to", "configure_threads", "report_errors"]
+           "set_rng_state", "pad_to", "configure_threads", "keep_freed_memory", "report_errors"]
