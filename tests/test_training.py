@@ -58,7 +58,7 @@ def test_config_values_are_normalised():
     ft = load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["lr=3e-5", "offline_ratio=1"])
     assert ft.model["lr"] == 3e-5  # YAML 1.1 reads 3e-5 as a string; the field's type makes it a number
     assert ft.offline_ratio == 1.0 and isinstance(ft.offline_ratio, float)
-    with pytest.raises(ValueError, match="mode must be online or offline-to-online"):
+    with pytest.raises(ValueError, match="mode must be auto, online or offline-to-online"):
         load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["mode=sideways"])
     with pytest.raises(ValueError, match="task_init must be one of"):
         load_finetune_config(REPO / "recipes" / "configs" / "finetune.yaml", ["task_init=random"])
