@@ -189,10 +189,13 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
 
     def za(self, z: torch.Tensor, a: torch.Tensor, task) -> torch.Tensor:
         """[z, task embedding, a]: the input of dynamics, reward, Q and energy networks (checks a's dim)."""
+        self._check_action_dim(a)
+        return torch.cat([self.with_task(z, task), a], dim=-1)
+
+    def _check_action_dim(self, a: torch.Tensor) -> None:
         if a.shape[-1] != self.config.action_dim:
             raise ValueError(f"action has dim {a.shape[-1]}, this model expects {self.config.action_dim} "
                              "(pad task actions with zeros at the end).")
-        return torch.cat([self.with_task(z, task), a], dim=-1)
 
     # --- networks ----------------------------------------------------------------------------------------------------
     def encode(self, obs: torch.Tensor, task=None) -> torch.Tensor:
@@ -258,11 +261,8 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
         z (B, L) shared by `repeats` consecutive rows of a (B * repeats, A) (a planner's candidates of one env), or
         z (N, L) with a (N, A); task: scalar or (B,), one per start state. Returns one output (N, out) per net.
         """
-        cfg = self.config
-        if a.shape[-1] != cfg.action_dim:
-            raise ValueError(f"action has dim {a.shape[-1]}, this model expects {cfg.action_dim} "
-                             "(pad task actions with zeros at the end).")
-        L, A = cfg.latent_dim, cfg.action_dim
+        self._check_action_dim(a)
+        L, A = self.config.latent_dim, self.config.action_dim
         first = [net[0] for net in nets]
         w = torch.cat([f.weight for f in first]) if len(first) > 1 else first[0].weight
         shared = torch.cat([f.bias for f in first]) if len(first) > 1 else first[0].bias  # (M,) or (B, M)
@@ -277,9 +277,8 @@ class MBDPOWorldModel(MBDPOPreTrainedModel):
                 shared = shared.repeat_interleave(repeats, 0)
             x = torch.cat([z, a], dim=-1)
             h = torch.addmm(shared, x, w.T) if shared.dim() == 1 else shared + x @ w.T
-        parts = h.split([f.out_features for f in first], dim=-1) if len(first) > 1 else (h,)
         outs = []
-        for net, part in zip(nets, parts):
+        for net, part in zip(nets, h.split([f.out_features for f in first], dim=-1)):
             x = net[0].post(part)
             for layer in net[1:]:
                 x = layer(x)
@@ -411,7 +410,7 @@ class MBDPODiffusionPolicy(MBDPOPreTrainedModel):
 
     def energy_bonus_of_input(self, x: torch.Tensor) -> torch.Tensor:
         """`energy_bonus` from the joint input x = [z, task embedding, a] (..., L+T+A) -> (..., 1)."""
-        return self.config.energy_eta * self.normalized_energy(x)
+        return self.energy_bonus_of_energy(self.energy(x))
 
     def energy_bonus_of_energy(self, f: torch.Tensor) -> torch.Tensor:
         """`energy_bonus` from the energy logit F (..., 1) itself."""

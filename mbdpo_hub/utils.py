@@ -21,8 +21,6 @@ HUB_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9.
 
 def local_repo_id(name: str, fallback: str = "model") -> str:
     """`local/<name>` with `name` made a valid Hub repo name (a card needs one; a folder may be called `a+b`)."""
-    import re
-
     slug = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "-" for c in str(name))
     slug = re.sub(r"[-.]{2,}", "-", slug).strip("-.") or fallback  # the Hub forbids "--" and ".."
     return f"local/{slug[:96].rstrip('-.')}"
