@@ -1,9 +1,9 @@
 """Real-time acting (issue 13): the return each planner keeps on the same trained models, and its latency.
 
-    python benchmarks/fast_actor.py --models runs/expert/collect/cartpole-balance runs/expert/collect/walker-walk \
-        runs/expert/collect/cup-catch --planners diffusion policy score
+    python benchmarks/fast_actor.py --models mbdpo_hub/pretrained/default \
+        --tasks cartpole-balance walker-stand cup-catch --planners diffusion policy score
 
-For each model folder (a trained run: its config names its task(s); `--task` picks one of a multi-task model) and
+For each model folder (a trained run: its config names its task(s); `--tasks` picks tasks of a multi-task model) and
 each planner: a 10-episode deterministic evaluation with the same seeds (seed 777, the recipes' evaluation seed)
 and the median latency of one action (one environment, `--latency-repeats` calls, one torch thread). The diffusion
 planner uses the model's own setting (or `--diffusion-steps` / `--num-samples`). `score` needs a model trained with
@@ -40,7 +40,8 @@ def latency(policy, task_id, repeats: int) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True)
-    ap.add_argument("--task", default=None, help="task of a multi-task model (default: its first)")
+    ap.add_argument("--tasks", nargs="+", default=None,
+                    help="tasks of a multi-task model, each evaluated (default: its first); every model must know them")
     ap.add_argument("--planners", nargs="+", default=["diffusion", "policy", "score"])
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--latency-repeats", type=int, default=30)
@@ -51,7 +52,6 @@ def main(argv=None):
     from _common import machine_info, write_json
 
     from mbdpo_hub import MBDPODiffusionPolicy
-    from mbdpo_hub.training import evaluate
 
     torch.set_num_threads(1)
     rows = []
@@ -61,30 +61,40 @@ def main(argv=None):
         for key in ("diffusion_steps", "num_samples"):
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
-        task = args.task or cfg.tasks[0]
-        task_id = cfg.task_id(task)
-        row = dict(model=folder, task=task, params=policy.num_parameters(), planners={})
-        for planner in args.planners:
-            if planner == "score" and policy.score_net is None:
-                row["planners"][planner] = dict(skipped="the model has no score network (use_score_network=false)")
-                print(f"{task:<20} {planner:<9} skipped: no score network")
-                continue
-            cfg.planner = planner
-            res = evaluate(policy, task, args.episodes, seed=777)
-            lat = latency(policy, task_id, args.latency_repeats)
-            row["planners"][planner] = dict(mean_return=res["mean_return"], std_return=res["std_return"],
-                                            episodes=args.episodes, latency_s=lat)
-            print(f"{task:<20} {planner:<9} return {res['mean_return']:7.1f} +/- {res['std_return']:.1f}  "
-                  f"{1000 * lat:7.2f} ms/action", flush=True)
-        ref = row["planners"].get("diffusion", {}).get("mean_return")
-        for name, r in row["planners"].items():
-            if ref and "mean_return" in r:
-                r["fraction_of_diffusion_return"] = r["mean_return"] / ref if ref else None
-                r["meets_target"] = bool(r["mean_return"] >= 0.95 * ref and r["latency_s"] <= 0.010)
-        rows.append(row)
+        for task in args.tasks or [cfg.tasks[0]]:
+            rows.append(evaluate_planners(policy, folder, task, args))
     write_json(args.out, dict(benchmark="fast_actor", threads=1, episodes=args.episodes, eval_seed=777,
                               machine=machine_info(), rows=rows,
                               target=dict(fraction_of_diffusion_return=0.95, max_latency_s=0.010)))
+
+
+def evaluate_planners(policy, folder: str, task: str, args) -> dict:
+    """One model on one task: every planner's 10-episode return (the same seeds) and its latency."""
+    from mbdpo_hub.training import evaluate
+
+    cfg = policy.config
+    if task not in cfg.tasks:
+        raise SystemExit(f"--tasks: {task!r} is not a task of {folder} (its tasks are {cfg.tasks})")
+    task_id = cfg.task_id(task)
+    row = dict(model=folder, task=task, params=policy.num_parameters(), planners={})
+    for planner in args.planners:
+        if planner == "score" and policy.score_net is None:
+            row["planners"][planner] = dict(skipped="the model has no score network (use_score_network=false)")
+            print(f"{task:<20} {planner:<9} skipped: no score network")
+            continue
+        cfg.planner = planner
+        res = evaluate(policy, task, args.episodes, seed=777)
+        lat = latency(policy, task_id, args.latency_repeats)
+        row["planners"][planner] = dict(mean_return=res["mean_return"], std_return=res["std_return"],
+                                        episodes=args.episodes, latency_s=lat)
+        print(f"{task:<20} {planner:<9} return {res['mean_return']:7.1f} +/- {res['std_return']:.1f}  "
+              f"{1000 * lat:7.2f} ms/action", flush=True)
+    ref = row["planners"].get("diffusion", {}).get("mean_return")
+    for name, r in row["planners"].items():
+        if ref and "mean_return" in r:
+            r["fraction_of_diffusion_return"] = r["mean_return"] / ref if ref else None
+            r["meets_target"] = bool(r["mean_return"] >= 0.95 * ref and r["latency_s"] <= 0.010)
+    return row
 
 
 if __name__ == "__main__":

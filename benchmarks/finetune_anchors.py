@@ -11,7 +11,11 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
 * pi: the normalised energy of the policy prior's actions in its loss (energy_pi_coef 1);
 * rehearsal: offline-to-online, the checkpoint's pretraining data (its own tasks under their own ids) mixed into
   every batch at offline_ratio 0.5;
+* nearest: task_init=nearest (the related task's row, the paper's O2O) instead of the config's task_init;
+* ratio025: offline_ratio 0.25 (with rehearsal); sched2500: a 2,500-step seed phase and a 2,500-update burst;
 * combinations joined with "+".
+`--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
+adapted checkpoint does not depend on the variant's training settings, only on its planner anchors and task row).
 Each run is a normal fine-tuning run folder `<runs-dir>/<variant>-seed<seed>` (killed, the same command resumes; a
 finished run is skipped). Writes benchmarks/results/finetune_anchors.json: per variant the zero-shot and final
 returns (mean +/- std over the evaluation episodes), their ratio, and the training episodes' returns.
@@ -40,6 +44,12 @@ PARTS = {
     "eta": ["energy_eta=0.1"],
     "pi": ["energy_pi_coef=1.0"],
     "rehearsal": ["mode=offline-to-online", "offline_dataset=datasets/dmc8-expert", "offline_ratio=0.5"],
+    # the new task's embedding row copied from the related task (the paper's O2O) instead of task_init=fit
+    "nearest": ["task_init=nearest"],
+    # a quarter of every batch from the pretraining data instead of half (with rehearsal)
+    "ratio025": ["offline_ratio=0.25"],
+    # scratch's schedule: a 2,500-step seed phase (acted by the checkpoint) and a 2,500-update burst
+    "sched2500": ["seed_steps=2500", "seed_updates=2500"],
 }
 
 
@@ -63,7 +73,8 @@ def run_one(variant: str, seed: int, args) -> Path:
         print(f"{out}: finished, skipped")
         return out
     cmd = [sys.executable, str(REPO / "recipes/finetune.py"), "--config", args.config, f"output_dir={out}",
-           f"seed={seed}", "progress=false", f"task={args.task}", *overrides(variant), *args.extra]
+           f"seed={seed}", "progress=false", f"task={args.task}", *overrides(variant), *args.extra,
+           *(["eval_freq=0", "save_video=false"] if args.final_only else [])]
     out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     print("$", " ".join(cmd), flush=True)
@@ -89,15 +100,16 @@ def summarize_run(out: Path) -> dict | None:
         if updated:  # the learner's diagnostics over the last training episode (means over its updates)
             last = {k: float(updated[-1][k]) for k in DIAGNOSTICS if updated[-1].get(k) not in ("", None)}
     fit = json.loads((out / "task_fit.json").read_text()) if (out / "task_fit.json").exists() else {}
-    zero, final = evals[0], evals[-1]
+    zero = evals[0] if evals[0]["step"] == 0 and len(evals) > 1 else None  # None: run with --final-only
+    final = evals[-1]
     # finished: the outputs are written, or the last evaluation is at the run's last step (a run that failed while
     # writing its card, as one did before local_repo_id)
     config = out / "train_config.yaml"
     steps = yaml.safe_load(config.read_text()).get("steps") if config.exists() else None
     done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
-                final_over_zero_shot=(final["mean_return"] / zero["mean_return"]) if done and zero["mean_return"]
-                else None, train_episode_returns=train, task_row_from=fit.get("chosen"),
+                final_over_zero_shot=(final["mean_return"] / zero["mean_return"])
+                if done and zero and zero["mean_return"] else None, train_episode_returns=train, task_row_from=fit.get("chosen"),
                 last_episode_diagnostics=last)
 
 
@@ -110,6 +122,7 @@ def main(argv=None):
     ap.add_argument("--runs-dir", default="runs/anchors")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (one per core at most)")
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--final-only", action="store_true", help="no step-0 evaluation (eval_freq=0), no video")
     ap.add_argument("--out", default="benchmarks/results/finetune_anchors.json")
     ap.add_argument("extra", nargs="*", help="more key=value overrides for every run")
     args = ap.parse_args(argv)
@@ -129,7 +142,8 @@ def main(argv=None):
         rows.setdefault(v, {})[s] = r
         z, f = r["zero_shot"], r["final"]
         fin = f"{f['mean_return']:7.1f} +/- {f['std_return']:6.1f}" if f else "   (not finished)"
-        print(f"{v:<20} seed {s}: zero-shot {z['mean_return']:7.1f} +/- {z['std_return']:6.1f} -> final {fin}  "
+        zs = f"{z['mean_return']:7.1f} +/- {z['std_return']:6.1f}" if z else "(not evaluated)"
+        print(f"{v:<20} seed {s}: zero-shot {zs} -> final {fin}  "
               f"train episodes {[round(x) for x in r['train_episode_returns']]}  last episode: "
               + " ".join(f"{k}={v:.3g}" for k, v in r["last_episode_diagnostics"].items()))
     write_json(args.out, dict(benchmark="finetune_anchors", task=args.task, config=args.config,

@@ -14,8 +14,9 @@ The task's embedding row is chosen by `task_init` (`resolve_task_init`): ``own``
 ``source`` copies `source_task`'s row, ``nearest`` the row of the nearest task by `nearest_task` (the paper's O2O
 pairs first, e.g. walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the
 same domain, then the same dims; first in checkpoint order; else the mean of all rows), ``mean`` the mean of all rows;
-``fit`` starts from the nearest row, and the fine-tuning run then chooses the row (any task's, or the mean) with the
-lowest world-model loss on the task's first episode and fits it alone before any other update (`fit_task_row`).
+``fit`` starts from the nearest row, and the fine-tuning run then chooses the row with the lowest world-model loss on
+the task's first episodes (among the rows of its domain, or, if the checkpoint has none, every row and their mean:
+`fit_candidates`) and fits it alone before any other update (`fit_task_row`).
 ``auto`` (default) is ``source`` when `source_task` is given, else ``own`` for a known task and, in a fine-tuning run,
 ``fit`` for a new one (``nearest`` for model surgery alone). A given `source_task` is never ignored: it with any
 task_init but source/auto is an error.
@@ -78,8 +79,8 @@ PAPER_SOURCE_TASKS: dict[str, str] = {
 #: source_task is given, else own for a known task and nearest for a new one
 INITS = ("own", "source", "nearest", "mean")
 #: `fit` (the default for a new task in a fine-tuning run, `auto`): start from the nearest row, act zero-shot for
-#: the first episode without updating, then choose the row (any task's, or the mean) with the lowest world-model
-#: loss on that episode and fit it alone (`fit_task_row`) before the rest of the model moves
+#: the seed episodes without updating, then choose the row (of its domain: `fit_candidates`) with the lowest
+#: world-model loss on them and fit it alone (`fit_task_row`) before the rest of the model moves
 TASK_INITS = ("auto", "fit") + INITS
 
 
@@ -452,16 +453,34 @@ def effective_task_init(cfg, source: MBDPODiffusionPolicy) -> str:
     return cfg.task_init
 
 
-def fit_task_row(learner, batches: list[dict], task_id: int, steps: int, lr: float) -> dict[str, Any]:
+def fit_candidates(task: str, tasks: list[str]) -> tuple[list[str], bool]:
+    """The checkpoint tasks whose rows `fit_task_row` may start `task` from, and whether the mean row is one too.
+
+    Rows of the same domain (the same embodiment, e.g. ``cartpole-``) when the checkpoint has any: a row of another
+    embodiment can fit a new task's rewards and values better by accident (a row that expects little reward fits a
+    sparse-reward task's first episodes; cartpole-balance-sparse chose reacher-easy's row that way) while its
+    dynamics and its policy belong to another body. Else every row and their mean."""
+    same = [t for t in tasks if t != task and _domain(t) == _domain(task)]
+    return (same, False) if same else ([t for t in tasks if t != task], True)
+
+
+def fit_task_row(learner, batches: list[dict], task_id: int, steps: int, lr: float,
+                 candidates: list[str] | None = None, with_mean: bool = True) -> dict[str, Any]:
     """Choose and fit one task's embedding row on that task's own data, the rest of the model fixed.
 
-    The row that starts the task is chosen among every other task's row, the mean of the rows and the current row,
-    by the world-model loss (consistency + reward + value, as in training) summed over `batches`; then the row alone
-    takes `steps` Adam steps (`lr`) on that loss. Returns the candidates' losses, the choice and the loss after.
-    Evaluation-mode networks (no dropout), so the comparison is deterministic given the batches."""
+    The row that starts the task is chosen among the rows of `candidates` (default: every other task), the mean of
+    the other rows (`with_mean`) and the current row, by the world-model loss (consistency + reward + value, as in
+    training) summed over `batches`; then the row alone takes `steps` Adam steps (`lr`) on that loss. Returns the
+    candidates' losses, the choice and the loss after. Evaluation-mode networks (no dropout), so the comparison is
+    deterministic given the batches."""
     policy = learner.policy
     emb = policy.world_model.task_embedding.weight
     tasks = policy.config.tasks
+    if candidates is None:
+        candidates = [t for i, t in enumerate(tasks) if i != task_id]
+    unknown = [t for t in candidates if t not in tasks or tasks.index(t) == task_id]
+    if unknown:
+        raise ValueError(f"fit candidates {unknown} are not other tasks of the checkpoint ({tasks})")
     was_training, needs_grad = policy.training, emb.requires_grad
     policy.eval()
 
@@ -471,23 +490,24 @@ def fit_task_row(learner, batches: list[dict], task_id: int, steps: int, lr: flo
 
     with torch.no_grad():
         others = [i for i in range(len(tasks)) if i != task_id]
-        candidates = {tasks[i]: emb[i].clone() for i in others}
-        candidates["mean"] = emb[others].mean(0)
-        candidates["start"] = emb[task_id].clone()
+        rows = {t: emb[tasks.index(t)].clone() for t in candidates}
+        if with_mean:
+            rows["mean"] = emb[others].mean(0)
+        rows["start"] = emb[task_id].clone()
         losses = {}
-        for name, row in candidates.items():
+        for name, row in rows.items():
             emb[task_id] = row
             losses[name] = float(loss())
         chosen = min(losses, key=losses.get)
-        emb[task_id] = candidates[chosen]
+        emb[task_id] = rows[chosen]
     emb.requires_grad_(True)
     optim = torch.optim.Adam([emb], lr=lr)
-    rows = torch.arange(emb.shape[0], device=emb.device) == task_id
+    this_row = torch.arange(emb.shape[0], device=emb.device) == task_id
     for step in range(steps):
         batch = batches[step % len(batches)]
         total = learner.world_model_losses(batch)[0]
         (grad,) = torch.autograd.grad(total, [emb])
-        emb.grad = grad * rows.unsqueeze(1).to(grad.dtype)  # only this task's row moves
+        emb.grad = grad * this_row.unsqueeze(1).to(grad.dtype)  # only this task's row moves
         optim.step()
         optim.zero_grad(set_to_none=True)
     emb.requires_grad_(needs_grad)
@@ -573,8 +593,10 @@ def make_finetune_trainer(cfg, command: str | None = None):
     if info.get("init") == "fit":
         def first_update_hook(tr):
             batches = [tr.device_batch(tr.buffer.sample()) for _ in range(cfg.fit_batches)]  # the task's own data
-            res = fit_task_row(tr.learner, batches, tr.task_id, cfg.fit_steps, cfg.fit_lr)
-            res.update(step=tr.step, episodes=tr.episode)
+            names, with_mean = fit_candidates(cfg.task, tr.policy.config.tasks)
+            res = fit_task_row(tr.learner, batches, tr.task_id, cfg.fit_steps, cfg.fit_lr, names, with_mean)
+            res.update(step=tr.step, episodes=tr.episode,
+                       rule="rows of the same domain" if not with_mean else "every row and their mean")
             if tr.accelerator.is_main_process:
                 import json
 

@@ -571,7 +571,7 @@ def test_fit_task_row_chooses_the_best_candidate_and_moves_only_that_row():
     tid = info["task_id"]
     batches = _task_batches(policy, tid)
     before = snapshot(policy)
-    res = ft.fit_task_row(learner, batches, tid, steps=30, lr=1e-2)
+    res = ft.fit_task_row(learner, batches, tid, steps=30, lr=1e-2)  # default candidates: every row and the mean
     assert set(res["candidates"]) == {"cartpole-balance", "pendulum-swingup", "mean", "start"}
     assert res["chosen"] == min(res["candidates"], key=res["candidates"].get)
     assert res["loss_after_fit"] < res["loss_chosen"]  # fitting the row alone lowers the loss on the task's data
@@ -581,6 +581,30 @@ def test_fit_task_row_chooses_the_best_candidate_and_moves_only_that_row():
             assert torch.equal(after[k][:tid], v[:tid]) and not torch.equal(after[k][tid], v[tid])
         else:
             assert torch.equal(after[k], v), k  # nothing else moved
+
+
+def test_fit_candidates_are_the_rows_of_the_same_domain_when_there_are_any():
+    tasks = ["cartpole-balance", "reacher-easy", "cartpole-swingup", "walker-walk"]
+    # a sparse-reward cartpole task once chose reacher-easy's row by its reward/value fit: never another body's row
+    assert ft.fit_candidates("cartpole-balance-sparse", tasks) == (["cartpole-balance", "cartpole-swingup"], False)
+    assert ft.fit_candidates("cartpole-balance", tasks) == (["cartpole-swingup"], False)  # never its own row
+    assert ft.fit_candidates("finger-spin", tasks) == (tasks, True)  # no finger row: every row and the mean
+
+
+def test_fit_task_row_restricted_candidates_and_bad_names():
+    from mbdpo_hub.learner import MBDPOLearner
+
+    src = tiny_two_task()
+    policy, info = adapt_policy_to_task(src, "cartpole-swingup", init="nearest")
+    learner, tid = MBDPOLearner(policy), info["task_id"]
+    batches = _task_batches(policy, tid, n=1)
+    names, with_mean = ft.fit_candidates("cartpole-swingup", policy.config.tasks)
+    res = ft.fit_task_row(learner, batches, tid, 0, 1e-2, names, with_mean)
+    assert set(res["candidates"]) == {"cartpole-balance", "start"}  # pendulum-swingup is another body
+    with pytest.raises(ValueError, match="not other tasks"):
+        ft.fit_task_row(learner, batches, tid, 0, 1e-2, ["cartpole-swingup"])  # the task itself
+    with pytest.raises(ValueError, match="not other tasks"):
+        ft.fit_task_row(learner, batches, tid, 0, 1e-2, ["walker-run"])
 
 
 @pytest.mark.slow
