@@ -135,6 +135,9 @@ class FinetuneConfig(RunConfig):
     fit_steps: int = 200  # task_init=fit: Adam steps on the task's embedding row alone
     fit_lr: float = 3e-3
     fit_batches: int = 8  # batches of the first episode(s) the row is chosen and fitted on
+    # who acts in the seed phase: the adapted checkpoint as it is (its zero-shot behaviour), or uniform random
+    # actions as from scratch (wider data: every state the random walk reaches, not only the checkpoint's)
+    seed_actions: str = "checkpoint"
 
     is_finetune = True
     identity_fields = ("task", "mode", "checkpoint", "revision", "task_init", "source_task")
@@ -148,6 +151,8 @@ class FinetuneConfig(RunConfig):
                              "(use recipes/train.py to train from scratch)")
         if self.task_init not in TASK_INITS:
             raise ValueError(f"task_init must be one of {TASK_INITS}, got {self.task_init!r}")
+        if self.seed_actions not in ("checkpoint", "random"):
+            raise ValueError(f"seed_actions must be checkpoint or random, got {self.seed_actions!r}")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
         if self.fit_steps < 0 or self.fit_batches < 1 or self.fit_lr <= 0:
