@@ -679,6 +679,29 @@ def test_finetune_seed_phase_acts_with_the_checkpoint_and_updates_nothing(source
     assert [int(r["step"]) for r in rows(out / "eval.csv")] == [0, 100, 150]
 
 
+def test_finetune_seed_actions_random_acts_at_random_through_the_seed_phase(source_dir, tmp_path):
+    over = [r for r in RUN if not r.startswith(("seed_steps", "steps"))]
+    with pytest.raises(ValueError, match="seed_actions must be checkpoint or random"):
+        load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "seed_actions=planner", *over])
+    cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=cartpole-balance-sparse",
+                                         f"output_dir={tmp_path / 'run'}", "seed_actions=random", "steps=100",
+                                         "seed_steps=60", *over])
+    trainer = make_finetune_trainer(cfg)
+    trainer.setup()
+    try:
+        assert trainer.random_steps == 60 == trainer.seed_steps
+        obs = np.zeros((1, 5), np.float32)
+        a = trainer.act(obs)  # at step 0: uniform random, not the planner
+        assert a.shape == (1, 1) and np.all(np.abs(a) <= 1)
+        trainer.step = 60
+        called = []
+        trainer.policy.select_action = lambda *x, **k: called.append(1) or torch.zeros(1, 1)
+        trainer.act(obs)
+        assert called  # after the seed phase the checkpoint plans
+    finally:
+        trainer.envs.close()
+
+
 def test_mode_auto_rehearses_the_pretraining_data_when_it_is_there(source_dir, tmp_path):
     """mode=auto (the default): offline-to-online with offline_dataset or the checkpoint's own readable pretraining
     data, online (saying why) when the checkpoint names none or its folder is gone; explicit modes are kept."""
