@@ -13,6 +13,7 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
   every batch at offline_ratio 0.5;
 * nearest: task_init=nearest (the related task's row, the paper's O2O) instead of the config's task_init;
 * ratio025: offline_ratio 0.25 (with rehearsal); sched2500: a 2,500-step seed phase and a 2,500-update burst;
+* random: the seed phase acted at random (seed_actions=random) instead of by the adapted checkpoint;
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
 adapted checkpoint does not depend on the variant's training settings, only on its planner anchors and task row).
@@ -50,6 +51,8 @@ PARTS = {
     "ratio025": ["offline_ratio=0.25"],
     # scratch's schedule: a 2,500-step seed phase (acted by the checkpoint) and a 2,500-update burst
     "sched2500": ["seed_steps=2500", "seed_updates=2500"],
+    # the seed phase acted at random (as from scratch) instead of by the checkpoint
+    "random": ["seed_actions=random"],
 }
 
 
