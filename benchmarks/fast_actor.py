@@ -73,9 +73,10 @@ def evaluate_planners(policy, folder: str, task: str, args) -> dict:
     from mbdpo_hub.training import evaluate
 
     cfg = policy.config
-    if task not in cfg.tasks:
-        raise SystemExit(f"--tasks: {task!r} is not a task of {folder} (its tasks are {cfg.tasks})")
-    task_id = cfg.task_id(task)
+    try:
+        task_id = cfg.task_id(task)
+    except ValueError as e:
+        raise SystemExit(f"--tasks: {e} ({folder})") from None
     row = dict(model=folder, task=task, params=policy.num_parameters(), planners={})
     for planner in args.planners:
         if planner == "score" and policy.score_net is None:

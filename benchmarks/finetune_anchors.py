@@ -112,8 +112,8 @@ def summarize_run(out: Path) -> dict | None:
     done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"])
-                if done and zero and zero["mean_return"] else None, train_episode_returns=train, task_row_from=fit.get("chosen"),
-                last_episode_diagnostics=last)
+                if done and zero and zero["mean_return"] else None,
+                train_episode_returns=train, task_row_from=fit.get("chosen"), last_episode_diagnostics=last)
 
 
 def main(argv=None):

@@ -79,9 +79,9 @@ class OnlineTrainer(RunFolder):
                                    device=self.replay_device(capacity, pcfg.obs_dim, pcfg.action_dim))
         self.seed_steps = cfg.seed_steps if cfg.seed_steps is not None else max(1000, 5 * self.episode_length)
         # fine-tuning: the adapted checkpoint acts from the first step (its seed phase collects the new task's
-        # data with the pretrained planner) unless seed_actions=random; from scratch the seed phase acts at random
-        self.random_steps = (0 if cfg.is_finetune and getattr(cfg, "seed_actions", "random") == "checkpoint"
-                             else self.seed_steps)
+        # data with the pretrained planner) unless seed_actions=random; from scratch (a RunConfig has no
+        # seed_actions) the seed phase acts at random
+        self.random_steps = 0 if getattr(cfg, "seed_actions", "random") == "checkpoint" else self.seed_steps
         self.seed_updates = cfg.seed_updates if cfg.seed_updates is not None else self.seed_steps
         env_kw = {} if cfg.episode_length is None else dict(episode_length=cfg.episode_length)
         self.envs = make_vec_env(cfg.task, cfg.num_envs, seed=cfg.seed + 1000 * acc.process_index, **env_kw)
