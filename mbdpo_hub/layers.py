@@ -90,16 +90,40 @@ class SimNorm(nn.Module):
         return e.div_(e.sum(-1, keepdim=True)).view(shape)
 
 
-def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish, x tanh(softplus(x)), in the exact closed form x n / (n + 2) with n = e^x (e^x + 2): 1.6-1.8x faster
-    than PyTorch's CPU kernel (which costs about half a same-sized matmul here), equal to it within 1e-6 in float32
-    (e^x is clamped at e^20, where the ratio is 1 in float32). With autograd, PyTorch's fused kernel (its backward
-    is cheaper than differentiating the five ops here): planning is where the closed form pays."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return F.mish(x)
+class _MishCPU(torch.autograd.Function):
+    """Mish with the closed-form forward below and its closed-form derivative, t + x sigmoid(x) (1 - t^2) with
+    t = tanh(softplus(x)): on CPU, forward + backward take about half the time of PyTorch's kernels (which cost
+    about a same-sized matmul here); mish is ~20% of an update otherwise. Saves x and t (one tensor more than
+    F.mish)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        t = _tanh_softplus(x)
+        ctx.save_for_backward(x, t)
+        return x * t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, t = ctx.saved_tensors
+        slope = (t * t).neg_().add_(1).mul_(torch.sigmoid(x)).mul_(x).add_(t)
+        return slope.mul_(grad)
+
+
+def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
+    """tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2); e^x is clamped at e^20, where the ratio is 1 in
+    float32."""
     e = torch.exp(x.clamp(max=20.0))
     n = (e + 2).mul_(e)
-    return n.div_(n + 2).mul_(x)
+    return n.div_(n + 2)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """Mish, x tanh(softplus(x)), in the exact closed form x n / (n + 2) with n = e^x (e^x + 2): 1.6-1.8x faster
+    than PyTorch's CPU kernel, equal to it within 1e-6 in float32. With autograd on CPU, `_MishCPU` (closed-form
+    backward); on other devices PyTorch's fused kernel (and torch.compile fuses either)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _MishCPU.apply(x) if x.device.type == "cpu" else F.mish(x)
+    return _tanh_softplus(x).mul_(x)
 
 
 class Mish(nn.Module):

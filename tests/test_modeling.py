@@ -292,10 +292,15 @@ def test_fast_mish_equals_torch_mish():
     x = torch.linspace(-40, 40, 20001)
     with torch.no_grad():  # the closed form (planning)
         torch.testing.assert_close(mish(x), torch.nn.functional.mish(x), rtol=1e-6, atol=2e-6)
-    xg = x.clone().requires_grad_(True)  # with autograd: PyTorch's kernel and its backward
-    (g,) = torch.autograd.grad(mish(xg).sum(), xg)
-    (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(xg).sum(), xg)
-    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+    xg = x.clone().requires_grad_(True)  # with autograd: the closed form and its closed-form derivative
+    y = mish(xg)
+    torch.testing.assert_close(y, torch.nn.functional.mish(x), rtol=1e-6, atol=2e-6)
+    w = torch.randn_like(x)  # a non-uniform upstream gradient
+    (g,) = torch.autograd.grad(y, xg, w)
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.mish(xg), xg, w)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    xd = torch.randn(64, dtype=torch.float64, requires_grad=True) * 4
+    assert torch.autograd.gradcheck(mish, (xd.detach().requires_grad_(True),))
 
 
 def _reference_value(p, z, actions, task, generator):
