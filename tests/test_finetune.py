@@ -397,7 +397,7 @@ def test_offline_to_online_finetune(source_dir, tmp_path, monkeypatch):
     assert set(batch["task"].tolist()) == {2}  # remapped to the new task's id
     trainer.run()
     train = rows(out / "train.csv")
-    assert train[0]["reward_loss"] == ""  # the seed phase: the adapted checkpoint acts, nothing is updated
+    assert train[0]["reward_loss"] == ""  # the seed phase: nothing is updated
     assert trainer.learner.num_updates == 5 + 25  # the burst after the seed phase, then utd 0.5
     assert MBDPODiffusionPolicy.from_pretrained(out).config.finetuned_from["init"] == "mean"
     assert tree_hash(source_dir) == hashes
@@ -663,7 +663,8 @@ def test_finetune_seed_phase_acts_with_the_checkpoint_and_updates_nothing(source
     over = [r for r in RUN if not r.startswith(("seed_steps", "seed_updates", "steps", "eval_freq"))]
     cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=cartpole-balance-sparse", "mode=online",
                                          f"output_dir={out}", "fit_steps=2", "fit_batches=1", "steps=150",
-                                         "seed_steps=100", "seed_updates=7", "eval_freq=50", *over])
+                                         "seed_steps=100", "seed_updates=7", "eval_freq=50", "seed_actions=checkpoint",
+                                         *over])
     trainer = make_finetune_trainer(cfg)
     updates = []
     hook = trainer.first_update_hook
@@ -683,9 +684,11 @@ def test_finetune_seed_actions_random_acts_at_random_through_the_seed_phase(sour
     over = [r for r in RUN if not r.startswith(("seed_steps", "steps"))]
     with pytest.raises(ValueError, match="seed_actions must be checkpoint or random"):
         load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "seed_actions=planner", *over])
+    from mbdpo_hub.training.config import FinetuneConfig
+
+    assert FinetuneConfig.seed_actions == "random"  # the library default: scratch's seed phase
     cfg = load_finetune_config(FT_YAML, [f"checkpoint={source_dir}", "task=cartpole-balance-sparse",
-                                         f"output_dir={tmp_path / 'run'}", "seed_actions=random", "steps=100",
-                                         "seed_steps=60", *over])
+                                         f"output_dir={tmp_path / 'run'}", "steps=100", "seed_steps=60", *over])
     trainer = make_finetune_trainer(cfg)
     trainer.setup()
     try:
