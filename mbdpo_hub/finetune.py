@@ -565,7 +565,7 @@ def make_finetune_trainer(cfg, command: str | None = None):
     src = policy.finetune_source
     base_model = src["checkpoint"] if src["kind"] == "hub" else None
     base_revision = (src["commit"] or src["revision"]) if base_model else None
-    start = ("chosen and fitted on its first episode (task_init=fit)" if info.get("init") == "fit" else
+    start = ("chosen and fitted on its seed-phase data (task_init=fit)" if info.get("init") == "fit" else
              f"from {info['source_task'] or 'the mean of all rows'}")
     what = (f"added as task {info['task_id']} (embedding {start})" if info["added"] else
             f"replacing {info['replaced']}" if info["replaced"] else "already in the checkpoint")

@@ -478,7 +478,7 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
 
     assert cli.DEMO_CONFIG.samefile(FT_YAML)  # one file: recipes/configs/finetune.yaml links to the package's
     out = tmp_path / "demo"
-    demo_run = [r for r in RUN if r != "mode=online"]  # the demo as configured: the pretraining data rehearsed
+    demo_run = [r for r in RUN if r != "mode=online"]  # the demo as configured (online, random seed phase)
     assert cli.main(["demo", *demo_run, f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "fine-tune the embedded default checkpoint on cartpole-balance-sparse" in printed
@@ -487,7 +487,7 @@ def test_cli_demo_is_the_main_job(tmp_path, capsys):
     assert "cartpole-balance-sparse" in policy.config.tasks
     card = (out / "README.md").read_text()
     assert "from the embedded default checkpoint of mbdpo-hub" in card  # the base is named
-    assert "Offline data: " in card and "rehearsed under their own task ids" in card
+    assert "Fine-tuned (online)" in card and "Offline data: " not in card
     assert 'task="cartpole-balance-sparse"' in card  # the usage snippet acts on the fine-tuned task
 
 
@@ -622,7 +622,7 @@ def test_finetune_auto_fits_the_new_row_before_any_update(source_dir, tmp_path, 
     train = rows(out / "train.csv")
     assert train[0]["reward_loss"] == ""  # the first episode is acted zero-shot: no update before the fit
     assert train[1]["reward_loss"] != "" and train[1]["q_mean"] != ""
-    assert "chosen and fitted on its first episode" in (out / "README.md").read_text()
+    assert "chosen and fitted on its seed-phase data" in (out / "README.md").read_text()
 
 
 @pytest.mark.slow
