@@ -136,7 +136,7 @@ class FinetuneConfig(RunConfig):
     fit_lr: float = 3e-3
     fit_batches: int = 8  # batches of the first episode(s) the row is chosen and fitted on
     # who acts in the seed phase: uniform random actions as from scratch (wider data: every state the random walk
-    # reaches; on cartpole-balance-sparse 4 of 4 seeds learned from it), or the adapted checkpoint as it is (its
+    # reaches; on cartpole-balance-sparse 7 of 7 runs learned from it), or the adapted checkpoint as it is (its
     # zero-shot behaviour: a few episodes of one narrow behaviour, from which the burst learned little)
     seed_actions: str = "random"
 
