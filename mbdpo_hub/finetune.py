@@ -15,7 +15,7 @@ The task's embedding row is chosen by `task_init` (`resolve_task_init`): ``own``
 pairs first, e.g. walker-run <- walker-walk, then the same domain prefix with the same (obs, action) dims, then the
 same domain, then the same dims; first in checkpoint order; else the mean of all rows), ``mean`` the mean of all rows;
 ``fit`` starts from the nearest row, and the fine-tuning run then chooses the row with the lowest world-model loss on
-the task's first episodes (among the rows of its domain, or, if the checkpoint has none, every row and their mean:
+the task's seed-phase episodes (among the rows of its domain, or, if the checkpoint has none, every row and their mean:
 `fit_candidates`) and fits it alone before any other update (`fit_task_row`).
 ``auto`` (default) is ``source`` when `source_task` is given, else ``own`` for a known task and, in a fine-tuning run,
 ``fit`` for a new one (``nearest`` for model surgery alone). A given `source_task` is never ignored: it with any
@@ -78,8 +78,8 @@ PAPER_SOURCE_TASKS: dict[str, str] = {
 #: `nearest` copies the nearest task's row (`nearest_task`); `mean` is the mean of all rows; `auto` is source when
 #: source_task is given, else own for a known task and nearest for a new one
 INITS = ("own", "source", "nearest", "mean")
-#: `fit` (the default for a new task in a fine-tuning run, `auto`): start from the nearest row, act zero-shot for
-#: the seed episodes without updating, then choose the row (of its domain: `fit_candidates`) with the lowest
+#: `fit` (the default for a new task in a fine-tuning run, `auto`): start from the nearest row, collect the seed
+#: episodes without updating (`seed_actions`), then choose the row (of its domain: `fit_candidates`) with the lowest
 #: world-model loss on them and fit it alone (`fit_task_row`) before the rest of the model moves
 TASK_INITS = ("auto", "fit") + INITS
 

@@ -620,7 +620,7 @@ def test_finetune_auto_fits_the_new_row_before_any_update(source_dir, tmp_path, 
     fit = json.loads((out / "task_fit.json").read_text())
     assert fit["episodes"] == 1 and fit["steps"] == 5 and fit["chosen"] in fit["candidates"]
     train = rows(out / "train.csv")
-    assert train[0]["reward_loss"] == ""  # the first episode is acted zero-shot: no update before the fit
+    assert train[0]["reward_loss"] == ""  # the first episode is the seed phase: no update before the fit
     assert train[1]["reward_loss"] != "" and train[1]["q_mean"] != ""
     assert "chosen and fitted on its seed-phase data" in (out / "README.md").read_text()
 
