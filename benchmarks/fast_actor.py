@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--latency-repeats", type=int, default=30)
     ap.add_argument("--diffusion-steps", type=int, default=None)
     ap.add_argument("--num-samples", type=int, default=None)
+    ap.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                    help="bf16: the planner runs under bf16 autocast (rows named planner+bf16), scored against fp32")
     ap.add_argument("--out", default="benchmarks/results/fast_actor.json")
     args = ap.parse_args(argv)
     from _common import machine_info, write_json
@@ -78,17 +80,20 @@ def evaluate_planners(policy, folder: str, task: str, args) -> dict:
     except ValueError as e:
         raise SystemExit(f"--tasks: {e} ({folder})") from None
     row = dict(model=folder, task=task, params=policy.num_parameters(), planners={})
-    for planner in args.planners:
+    for planner, dtype in ((p, d) for p in args.planners for d in args.dtypes):
+        name = planner if dtype == "fp32" else f"{planner}+{dtype}"
         if planner == "score" and policy.score_net is None:
-            row["planners"][planner] = dict(skipped="the model has no score network (use_score_network=false)")
-            print(f"{task:<20} {planner:<9} skipped: no score network")
+            row["planners"][name] = dict(skipped="the model has no score network (use_score_network=false)")
+            print(f"{task:<20} {name:<14} skipped: no score network")
             continue
         cfg.planner = planner
-        res = evaluate(policy, task, args.episodes, seed=777)
-        lat = latency(policy, task_id, args.latency_repeats)
-        row["planners"][planner] = dict(mean_return=res["mean_return"], std_return=res["std_return"],
-                                        episodes=args.episodes, latency_s=lat)
-        print(f"{task:<20} {planner:<9} return {res['mean_return']:7.1f} +/- {res['std_return']:.1f}  "
+        # bf16 autocast as the online recipe acts under mixed_precision=bf16; the same seeds as fp32
+        with torch.autocast(policy.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            res = evaluate(policy, task, args.episodes, seed=777)
+            lat = latency(policy, task_id, args.latency_repeats)
+        row["planners"][name] = dict(mean_return=res["mean_return"], std_return=res["std_return"],
+                                     returns=res["returns"], episodes=args.episodes, dtype=dtype, latency_s=lat)
+        print(f"{task:<20} {name:<14} return {res['mean_return']:7.1f} +/- {res['std_return']:.1f}  "
               f"{1000 * lat:7.2f} ms/action", flush=True)
     ref = row["planners"].get("diffusion", {}).get("mean_return")
     for name, r in row["planners"].items():

@@ -4,6 +4,7 @@ one thread, same settings, in separate processes run alternately, with the FLOPs
     python benchmarks/vs_official.py --official /path/to/MBDPO-checkout [--sizes 1 5] [--rounds 3] [--repeats 7]
     python benchmarks/vs_official.py --official /path/to/MBDPO-checkout --quick --out /tmp/vs_official_quick.json
     python benchmarks/vs_official.py --ours-only --quick            # our side alone (no checkout needed)
+    python benchmarks/vs_official.py --official PATH --ours-precision bf16 [--ours-compile]   # our faster modes
 
 Get the official code as a plain work tree OUTSIDE this repository, e.g. from a clone or a bare mirror
 (`git --git-dir=<mirror> archive HEAD MBDPO cfgs | tar -x -C /work/official-mbdpo`). Nothing of it is copied
@@ -278,18 +279,32 @@ def _build_ours(size: int, s: dict, what: str):
     if what == "plan":
         obs = torch.randn(O)
 
+        bf16 = s.get("ours_precision") == "bf16"
+
         def fn():
             policy.reset()
-            policy.select_action(obs, task=0)
+            # bf16: the planner under CPU autocast, as the online recipe acts with mixed_precision=bf16
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                policy.select_action(obs, task=0)
     else:
-        learner = MBDPOLearner(policy)
+        learner = MBDPOLearner(policy, mixed_precision="bf16" if s.get("ours_precision") == "bf16" else "no")
         obs, action, reward, term = _batch(torch, H, B, O, A)
         batch = dict(obs=obs, action=action, reward=reward, terminated=term, task=None)
 
         def fn():
             learner.update(batch)
 
-    return fn, components, dict(params=policy.num_parameters(), num_q=cfg.num_q)
+    def compile_fn():  # torch.compile of the planner's imagined returns / the update's forward and its backward
+        if what == "plan":
+            policy.compile_planning()
+        else:
+            learner._forward = torch.compile(learner.forward_losses, dynamic=False)
+
+    info = dict(params=policy.num_parameters(), num_q=cfg.num_q, precision=s.get("ours_precision", "fp32"),
+                compiled=bool(s.get("ours_compile")))
+    if s.get("ours_compile"):
+        info["compile_fn"] = compile_fn
+    return fn, components, info
 
 
 def child(args) -> None:
@@ -309,9 +324,16 @@ def child(args) -> None:
     else:
         fn, components, info = _build_ours(args.size, s, args.what)
     build_s = time.perf_counter() - t0
+    compile_fn = info.pop("compile_fn", None)
     for _ in range(args.warmup):
         fn()
     flops, by_component = _count_flops_by_component(fn, components)
+    if compile_fn is not None:  # FLOPs counted on the eager code (the same work); then compile, warm up, time
+        compile_fn()
+        t1 = time.perf_counter()
+        for _ in range(max(2, args.warmup)):
+            fn()
+        info["compile_and_warmup_s"] = time.perf_counter() - t1
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -442,6 +464,8 @@ def parent(args) -> None:
     settings = dict(QUICK if args.quick else PAPER)
     if args.batch_size:
         settings["batch_size"] = args.batch_size
+    settings["ours_precision"] = args.ours_precision  # the official code has no bf16 path: it always runs fp32
+    settings["ours_compile"] = args.ours_compile  # the official side runs as its config ships (compile: false)
     sides = ["ours"] if args.ours_only else ["official", "ours"]
     load_before = [round(x, 2) for x in os.getloadavg()]
     print(f"settings {settings}, sizes {args.sizes}, {args.rounds} round(s) x {args.repeats} repeats, 1 thread, "
@@ -491,6 +515,13 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny settings, to validate the script")
+    ap.add_argument("--ours-compile", action="store_true",
+                    help="torch.compile our planner's imagined returns (compile_planning) and our update's forward "
+                         "(with its AOT-compiled backward), as compile=true does; FLOPs are counted on the eager code")
+    ap.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: our planning under bf16 autocast and our update with mixed_precision=bf16 (the same "
+                         "counted FLOPs); the official side stays fp32. Use it only where fast_actor.py --dtypes "
+                         "fp32 bf16 shows the returns unchanged")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's malloc as it is in both children (default: both keep freed memory, as our "
                          "recipes do: mbdpo_hub.utils.keep_freed_memory)")

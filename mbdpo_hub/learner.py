@@ -76,13 +76,16 @@ class MBDPOLearner:
                      for name, ps in groups.items() if name != "pi"]
         wm_groups = [g for g in wm_groups if g["params"]]
         pi_params = [p for p in groups["pi"] if p.requires_grad]
-        self.optim = torch.optim.Adam(wm_groups, lr=cfg.lr) if wm_groups else None
-        self.pi_optim = (torch.optim.Adam(pi_params, lr=cfg.pi_lr * scales.get("pi", 1.0), eps=1e-5)
+        # fused: one kernel over all tensors instead of a Python loop of ~10 ops per tensor (CPU and CUDA)
+        fused = dict(fused=True) if policy.device.type in ("cpu", "cuda") else {}
+        self.optim = torch.optim.Adam(wm_groups, lr=cfg.lr, **fused) if wm_groups else None
+        self.pi_optim = (torch.optim.Adam(pi_params, lr=cfg.pi_lr * scales.get("pi", 1.0), eps=1e-5, **fused)
                          if pi_params else None)
         self.scale = RunningScale(cfg.tau).to(policy.device)
         self.num_updates = 0
         # compile=True: the forward passes of the update (all losses but the policy prior's) as one torch.compile
-        # graph; backward and the optimiser steps stay eager. Shapes are static within a run.
+        # graph (loss.backward() then runs that graph's AOT-compiled backward); the optimiser steps stay eager.
+        # Shapes are static within a run.
         self.compiled = bool(compile)
         self._forward = torch.compile(self.forward_losses, dynamic=False) if compile else self.forward_losses
 
