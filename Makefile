@@ -25,6 +25,7 @@ test-fast: install
 # the main job: fine-tune the embedded default checkpoint on a held-out task (CPU, minutes)
 demo: install
 	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		--num_cpu_threads_per_process $$($(BIN)/python -c "from mbdpo_hub.utils import recommended_threads as r; print(r(1))") \
 		recipes/finetune.py --config recipes/configs/finetune.yaml
 
 clean:

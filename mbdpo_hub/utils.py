@@ -100,16 +100,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def recommended_threads(num_processes: int | None = None) -> int:
+    """Torch threads per process: the cores this process may use, split over the processes sharing them, with
+    one core left for the simulator and everything else (at least one). torch slows down 10-40x when its threads
+    outnumber the free cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    procs = num_processes or int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    return max(1, cores // max(1, procs) - 1)
+
+
 def configure_threads(num_processes: int | None = None) -> int:
-    """torch's thread count from the cores this process may use and the number of processes sharing them (one
-    core left for the simulator and everything else), unless OMP_NUM_THREADS says otherwise. torch slows down
-    10-40x when its threads outnumber the free cores. Returns the count set."""
+    """Set torch's thread count: OMP_NUM_THREADS where it is set, else `recommended_threads`. Returns the count.
+
+    `accelerate launch` always sets OMP_NUM_THREADS (to physical cores / processes unless given
+    `--num_cpu_threads_per_process`), so launch commands pass the recommended count explicitly (`make demo` does)."""
     if os.environ.get("OMP_NUM_THREADS"):
         n = max(1, int(os.environ["OMP_NUM_THREADS"]))
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        procs = num_processes or int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
-        n = max(1, cores // max(1, procs) - 1)
+        n = recommended_threads(num_processes)
     torch.set_num_threads(n)
     keep_freed_memory()
     return n
@@ -189,4 +197,4 @@ def pad_to(x: np.ndarray, dim: int) -> np.ndarray:
 
 
 __all__ = ["HUB_REPO_ID_RE", "is_hub_repo_id", "atomic_path", "atomic_write_text", "swap_folder", "recover_folder", "set_seed", "rng_state",
-           "set_rng_state", "pad_to", "configure_threads", "keep_freed_memory", "report_errors"]
+           "set_rng_state", "pad_to", "recommended_threads", "configure_threads", "keep_freed_memory", "report_errors"]

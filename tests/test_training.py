@@ -225,6 +225,13 @@ def test_thread_count_follows_cores_and_processes(monkeypatch):
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def test_demo_launch_passes_the_recommended_thread_count():
+    """`accelerate launch` sets OMP_NUM_THREADS to physical cores / processes (2 on 2 cores) unless told, which
+    configure_threads would honour: the demo's launch line must pass our count (a free core for the rest)."""
+    recipe = (REPO / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "--num_cpu_threads_per_process" in recipe and "recommended_threads" in recipe
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_freed_activation_memory_is_reused_without_page_faults():
     """keep_freed_memory (called by configure_threads): freeing and re-allocating an activation-sized tensor reuses
