@@ -276,10 +276,9 @@ def _build_ours(size: int, s: dict, what: str):
                   "pi": [wm.pi_head], "Q": [wm.Qs], "F": [policy.energy],
                   "score": [policy.score_net] if policy.score_net is not None else []}
     H, B, O, A = cfg.horizon, s["batch_size"], cfg.obs_dim, cfg.action_dim
+    bf16 = s.get("ours_precision") == "bf16"
     if what == "plan":
         obs = torch.randn(O)
-
-        bf16 = s.get("ours_precision") == "bf16"
 
         def fn():
             policy.reset()
@@ -287,20 +286,20 @@ def _build_ours(size: int, s: dict, what: str):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 policy.select_action(obs, task=0)
     else:
-        learner = MBDPOLearner(policy, mixed_precision="bf16" if s.get("ours_precision") == "bf16" else "no")
+        learner = MBDPOLearner(policy, mixed_precision="bf16" if bf16 else "no")
         obs, action, reward, term = _batch(torch, H, B, O, A)
         batch = dict(obs=obs, action=action, reward=reward, terminated=term, task=None)
 
         def fn():
             learner.update(batch)
 
-    def compile_fn():  # torch.compile of the planner's imagined returns / the update's forward and its backward
+    def compile_fn():  # what compile=true does: the planner's imagined returns / the update's forward (+ backward)
         if what == "plan":
             policy.compile_planning()
         else:
-            learner._forward = torch.compile(learner.forward_losses, dynamic=False)
+            learner.compile_forward()
 
-    info = dict(params=policy.num_parameters(), num_q=cfg.num_q, precision=s.get("ours_precision", "fp32"),
+    info = dict(params=policy.num_parameters(), num_q=cfg.num_q, precision="bf16" if bf16 else "fp32",
                 compiled=bool(s.get("ours_compile")))
     if s.get("ours_compile"):
         info["compile_fn"] = compile_fn

@@ -83,11 +83,15 @@ class MBDPOLearner:
                          if pi_params else None)
         self.scale = RunningScale(cfg.tau).to(policy.device)
         self.num_updates = 0
-        # compile=True: the forward passes of the update (all losses but the policy prior's) as one torch.compile
-        # graph (loss.backward() then runs that graph's AOT-compiled backward); the optimiser steps stay eager.
-        # Shapes are static within a run.
-        self.compiled = bool(compile)
-        self._forward = torch.compile(self.forward_losses, dynamic=False) if compile else self.forward_losses
+        self.compile_forward(compile)
+
+    def compile_forward(self, enabled: bool = True) -> "MBDPOLearner":
+        """torch.compile the forward passes of the update (all losses but the policy prior's) as one graph;
+        loss.backward() then runs that graph's AOT-compiled backward, the optimiser steps stay eager. Shapes are
+        static within a run. `enabled=False` goes back to eager code."""
+        self.compiled = bool(enabled)
+        self._forward = torch.compile(self.forward_losses, dynamic=False) if enabled else self.forward_losses
+        return self
 
     # --- losses ------------------------------------------------------------------------------------------------------
     def world_model_losses(self, batch: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
