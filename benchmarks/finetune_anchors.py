@@ -13,7 +13,9 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
   every batch at offline_ratio 0.5;
 * nearest: task_init=nearest (the related task's row, the paper's O2O) instead of the config's task_init;
 * ratio025: offline_ratio 0.25 (with rehearsal); sched2500: a 2,500-step seed phase and a 2,500-update burst;
-* random: the seed phase acted at random (seed_actions=random) instead of by the adapted checkpoint;
+* random: the seed phase acted at random (seed_actions=random) instead of by the adapted checkpoint; ckpt: acted by
+  the adapted checkpoint (seed_actions=checkpoint);
+* frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
 adapted checkpoint does not depend on the variant's training settings, only on its planner anchors and task row).
@@ -53,6 +55,13 @@ PARTS = {
     "sched2500": ["seed_steps=2500", "seed_updates=2500"],
     # the seed phase acted at random (as from scratch) instead of by the checkpoint
     "random": ["seed_actions=random"],
+    # the seed phase acted by the adapted checkpoint (the library's choice before round 2, session 6)
+    "ckpt": ["seed_actions=checkpoint"],
+    # the energy F kept as pretrained (not trained on the new task's data): the planner's and the prior's anchor
+    # stays the pretraining data's behaviour model instead of drifting to chance accuracy on the new data
+    "frozenF": ["freeze=[energy]"],
+    # no burst: after the seed phase, utd updates per step only
+    "noburst": ["seed_updates=0"],
 }
 
 

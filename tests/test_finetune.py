@@ -728,3 +728,35 @@ def test_mode_auto_rehearses_the_pretraining_data_when_it_is_there(source_dir, t
     assert resolve("offline-to-online", named=str(data))[:2] == ("offline-to-online", str(data))
     with pytest.raises(ValueError, match="offline-to-online needs offline_dataset"):
         resolve("offline-to-online")
+
+
+def test_diagnose_swaps_one_group_at_a_time():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from finetune_diagnose import SWAP_GROUPS, with_groups
+
+    base = {"world_model.Qs.weight_0": 0, "world_model.Qs.target_weight_0": 0, "world_model.reward_head.0.weight": 0,
+            "energy.0.weight": 0, "energy_mean": 0}
+    donor = {k: 1 for k in base}
+    swapped = with_groups(base, donor, SWAP_GROUPS["qs"])
+    assert swapped["world_model.Qs.weight_0"] == swapped["world_model.Qs.target_weight_0"] == 1  # target follows
+    assert swapped["world_model.reward_head.0.weight"] == swapped["energy.0.weight"] == 0
+    assert with_groups(base, donor, SWAP_GROUPS["energy"])["energy_mean"] == 1
+
+
+@pytest.mark.slow
+def test_diagnose_script_runs_and_probes_the_burst(source_dir, tmp_path, monkeypatch):
+    """benchmarks/finetune_diagnose.py on a tiny checkpoint: probes at the asked update counts, one swap per group."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "diag.json"
+    over = [r for r in RUN if not r.startswith(("steps", "eval_episodes", "mode"))]
+    monkeypatch.setattr(sys, "argv", ["finetune_diagnose.py", "--checkpoint", str(source_dir), "--probe-at", "0", "3",
+                                      "--probe-episodes", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+                                      "mode=online", "fit_steps=2", "fit_batches=1", *over])
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import finetune_diagnose
+
+    finetune_diagnose.main()
+    res = json.loads(out.read_text())
+    assert [p["updates"] for p in res["probes"]] == [0, 3, 5]  # the probes, then after the 5-update burst
+    assert res["seed_episode_returns"] and len(res["swaps"]) == len(finetune_diagnose.SWAP_GROUPS)
+    assert "value_loss" in res["probes"][1]["updates_metrics"]

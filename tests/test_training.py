@@ -44,6 +44,8 @@ def test_overrides_and_config_routing():
     ("model=[1,2]", "model must be a mapping"),
     ("num_samples=many", "num_samples='many' is not an integer"),
     ("steps=[", "not valid YAML"),
+    ("seed_updates=-5", "seed_updates must be >= 0"),
+    ("seed_steps=-1", "seed_steps must be >= 0"),
 ])
 def test_bad_config_values(override, match):
     with pytest.raises(ValueError, match=match):
