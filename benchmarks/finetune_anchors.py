@@ -15,6 +15,7 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
 * ratio025: offline_ratio 0.25 (with rehearsal); sched2500: a 2,500-step seed phase and a 2,500-update burst;
 * random: the seed phase acted at random (seed_actions=random) instead of by the adapted checkpoint; ckpt: acted by
   the adapted checkpoint (seed_actions=checkpoint);
+* fit0: task_init=fit chooses the row without fitting it alone (fit_steps=0);
 * frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
@@ -62,6 +63,9 @@ PARTS = {
     "frozenF": ["freeze=[energy]"],
     # no burst: after the seed phase, utd updates per step only
     "noburst": ["seed_updates=0"],
+    # task_init=fit chooses the row but takes no gradient steps on it alone (the 200 steps at lr 3e-3 moved the
+    # row where the policy prior and the energy, outside the fit's loss, no longer act: 172 -> 25 before any update)
+    "fit0": ["fit_steps=0"],
 }
 
 

@@ -14,8 +14,9 @@ The run stops right after the burst (`steps` = the seed phase). Probes at the gi
   of each episode, so the truncated tail weighs at most gamma^(T/2));
 * `updates`: the learner's metrics averaged over the updates since the previous probe (losses, Q and TD-target
   means, the policy prior's entropy, the Q scale, the energy's accuracy).
-After the burst, `swap`: the fine-tuned model with one parameter group put back to its values at probe 0
-(`revert`), and the probe-0 model with only that group fine-tuned (`only`), each evaluated like a probe: which
+After the burst, `swap`: the fine-tuned model with one parameter group put back to its values in the reference model
+(`revert`), and the reference model with only that group fine-tuned (`only`); the reference is the adapted checkpoint
+as it acted zero-shot (`--swap-ref zero-shot`, before task_init=fit) or the model at probe 0 (`probe0`), each evaluated like a probe: which
 module's change breaks the behaviour, and which one restores it. Writes one JSON; prints a table.
 Extra `key=value` arguments go to the fine-tuning config (e.g. `energy_eta=0.1`, `freeze=[energy]`).
 """
@@ -104,6 +105,9 @@ def main() -> None:
     ap.add_argument("--zero-shot", action="store_true", help="also evaluate the adapted model before the seed "
                     "phase (its row before task_init=fit)")
     ap.add_argument("--no-swap", action="store_true")
+    ap.add_argument("--swap-ref", default="zero-shot", choices=["zero-shot", "probe0"],
+                    help="the model the swaps revert to: the adapted checkpoint as evaluated zero-shot (before "
+                    "task_init=fit), or the model at probe 0 (after it)")
     ap.add_argument("--runs-dir", default="runs/diagnose")
     ap.add_argument("--name", default=None, help="run folder name under --runs-dir (default: <seed-actions>-seed<seed>)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/finetune_diagnose.json"))
@@ -158,6 +162,7 @@ def main() -> None:
             return metrics
 
         learner.update = probed_update
+        ref["zero_shot_state"] = copy.deepcopy(trainer.policy.state_dict())
         if args.zero_shot:
             res = evaluate(trainer.policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
             ref["zero_shot"] = dict(mean=res["mean_return"], std=res["std_return"])
@@ -181,18 +186,18 @@ def main() -> None:
     swaps = {}
     if not args.no_swap:
         tuned = copy.deepcopy(trainer.policy.state_dict())
-        policy = trainer.policy
+        policy, reference = trainer.policy, ref["zero_shot_state" if args.swap_ref == "zero-shot" else "state"]
         for group, prefixes in SWAP_GROUPS.items():
             out = {}
-            for how, state in (("revert", with_groups(tuned, ref["state"], prefixes)),
-                               ("only", with_groups(ref["state"], tuned, prefixes))):
+            for how, state in (("revert", with_groups(tuned, reference, prefixes)),
+                               ("only", with_groups(reference, tuned, prefixes))):
                 policy.load_state_dict(state)
                 policy.reset()
                 res = evaluate(policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
                 out[how] = dict(mean=res["mean_return"], std=res["std_return"])
             swaps[group] = out
             print(f"[swap] {group:18s} fine-tuned with it reverted: {out['revert']['mean']:7.1f} | "
-                  f"probe-0 model with only it fine-tuned: {out['only']['mean']:7.1f}", flush=True)
+                  f"{args.swap_ref} model with only it fine-tuned: {out['only']['mean']:7.1f}", flush=True)
         policy.load_state_dict(tuned)
 
     fit = trainer.out / "task_fit.json"
@@ -202,7 +207,7 @@ def main() -> None:
         overrides=args.extra, probe_episodes=args.probe_episodes, zero_shot=ref.get("zero_shot"),
         task_fit=json.loads(fit.read_text()) if fit.exists() else None,
         seed_episode_returns=[float(e["reward"][1:].sum()) for e in episodes],
-        probes=probes, swaps=swaps, seconds=round(time.perf_counter() - t0, 1),
+        probes=probes, swap_reference=args.swap_ref, swaps=swaps, seconds=round(time.perf_counter() - t0, 1),
         note="probe evaluations consume random numbers: the run is not identical to an unprobed one")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
