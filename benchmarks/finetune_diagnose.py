@@ -15,9 +15,10 @@ The run stops right after the burst (`steps` = the seed phase). Probes at the gi
 * `updates`: the learner's metrics averaged over the updates since the previous probe (losses, Q and TD-target
   means, the policy prior's entropy, the Q scale, the energy's accuracy).
 After the burst, `swap`: the fine-tuned model with one parameter group put back to its values in the reference model
-(`revert`), and the reference model with only that group fine-tuned (`only`); the reference is the adapted checkpoint
-as it acted zero-shot (`--swap-ref zero-shot`, before task_init=fit) or the model at probe 0 (`probe0`), each evaluated like a probe: which
-module's change breaks the behaviour, and which one restores it. Writes one JSON; prints a table.
+(`revert`), and the reference model with only that group fine-tuned (`only`), each evaluated like a probe: which
+module's change breaks the behaviour, and which one restores it. The reference is the adapted checkpoint as it acted
+zero-shot (`--swap-ref zero-shot`, before task_init=fit) or the model at probe 0 (`probe0`). Writes one JSON;
+prints a table.
 Extra `key=value` arguments go to the fine-tuning config (e.g. `energy_eta=0.1`, `freeze=[energy]`).
 """
 
@@ -109,27 +110,33 @@ def main() -> None:
                     help="the model the swaps revert to: the adapted checkpoint as evaluated zero-shot (before "
                     "task_init=fit), or the model at probe 0 (after it)")
     ap.add_argument("--runs-dir", default="runs/diagnose")
-    ap.add_argument("--name", default=None, help="run folder name under --runs-dir (default: <seed-actions>-seed<seed>)")
+    ap.add_argument("--name", default=None,
+                    help="run folder name under --runs-dir (default: <seed-actions>-seed<seed>)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/finetune_diagnose.json"))
     ap.add_argument("extra", nargs="*", help="key=value overrides of the fine-tuning config")
     args = ap.parse_args()
 
     name = args.name or f"{args.seed_actions}-seed{args.seed}"
-    base = load_finetune_config(args.config, [f"task={args.task}", *args.extra])
-    seed_steps = base.seed_steps or 2500
-    updates = base.seed_updates or seed_steps
     cfg = load_finetune_config(args.config, [
         f"task={args.task}", f"checkpoint={args.checkpoint}", f"seed={args.seed}", f"seed_actions={args.seed_actions}",
-        f"steps={seed_steps}", "eval_freq=0", f"eval_episodes={args.probe_episodes}", "checkpoint_freq=0",
+        "eval_freq=0", f"eval_episodes={args.probe_episodes}", "checkpoint_freq=0",
         "save_video=false", "progress=false", "log_with=null", "overwrite=true", "resume=false",
         f"output_dir={Path(args.runs_dir) / name}", *args.extra])
+    if not cfg.seed_steps:
+        raise SystemExit("the run stops after its seed phase and burst: give seed_steps=N (N > 0) in the config or "
+                         "as an override")
+    cfg.steps = cfg.seed_steps
+    cfg.validate()
     trainer = make_finetune_trainer(cfg)
     probes, episodes, acc, ref = [], [], {}, {}
     probe_at = sorted(set(args.probe_at))
 
+    def run_eval(policy) -> dict:
+        return evaluate(policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
+
     def probe(k: int) -> None:
         t0 = time.perf_counter()
-        res = evaluate(trainer.policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
+        res = run_eval(trainer.policy)
         row = dict(updates=k, eval_mean=res["mean_return"], eval_std=res["std_return"],
                    q_vs_return=q_vs_return(trainer.policy, episodes, trainer.task_id),
                    updates_metrics=mean_metrics(acc), seconds=round(time.perf_counter() - t0, 1))
@@ -164,7 +171,7 @@ def main() -> None:
         learner.update = probed_update
         ref["zero_shot_state"] = copy.deepcopy(trainer.policy.state_dict())
         if args.zero_shot:
-            res = evaluate(trainer.policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
+            res = run_eval(trainer.policy)
             ref["zero_shot"] = dict(mean=res["mean_return"], std=res["std_return"])
             print(f"[zero-shot] {res['mean_return']:.1f} +/- {res['std_return']:.1f}", flush=True)
 
@@ -193,7 +200,7 @@ def main() -> None:
                                ("only", with_groups(reference, tuned, prefixes))):
                 policy.load_state_dict(state)
                 policy.reset()
-                res = evaluate(policy, cfg.task, args.probe_episodes, seed=cfg.seed + 777, episode_length=cfg.episode_length)
+                res = run_eval(policy)
                 out[how] = dict(mean=res["mean_return"], std=res["std_return"])
             swaps[group] = out
             print(f"[swap] {group:18s} fine-tuned with it reverted: {out['revert']['mean']:7.1f} | "
@@ -203,7 +210,8 @@ def main() -> None:
     fit = trainer.out / "task_fit.json"
     result = dict(
         benchmark="finetune_diagnose", checkpoint=args.checkpoint, task=cfg.task, seed=cfg.seed,
-        seed_actions=cfg.seed_actions, seed_steps=seed_steps, burst_updates=updates, batch_size=cfg.batch_size,
+        seed_actions=cfg.seed_actions, seed_steps=trainer.seed_steps, burst_updates=trainer.seed_updates,
+        batch_size=cfg.batch_size,
         overrides=args.extra, probe_episodes=args.probe_episodes, zero_shot=ref.get("zero_shot"),
         task_fit=json.loads(fit.read_text()) if fit.exists() else None,
         seed_episode_returns=[float(e["reward"][1:].sum()) for e in episodes],

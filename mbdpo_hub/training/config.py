@@ -88,14 +88,11 @@ class RunConfig:
                      "video_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eval_freq", "checkpoint_freq"):
-            if getattr(self, name) < 0:
+        for name in ("eval_freq", "checkpoint_freq", "seed_steps", "seed_updates"):  # the seed ones may be null
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.utd < 0:
             raise ValueError(f"utd must be >= 0, got {self.utd}")
-        for name in ("seed_steps", "seed_updates"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (or null for the default), got {getattr(self, name)}")
         check_mixed_precision(self)
         if not self.output_dir:
             raise ValueError("output_dir is empty: give a folder, e.g. output_dir=runs/my-run")
