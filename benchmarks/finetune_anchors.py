@@ -17,6 +17,8 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
   the adapted checkpoint (seed_actions=checkpoint);
 * fit0: task_init=fit chooses the row without fitting it alone (fit_steps=0);
 * frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
+* l2x<N>: the trust region l2_to_pretrained=N (weights pulled towards the adapted checkpoint's after each update);
+* seed1000: a 1,000-step seed phase;
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
 adapted checkpoint does not depend on the variant's training settings, only on its planner anchors and task row).
@@ -66,6 +68,13 @@ PARTS = {
     # task_init=fit chooses the row but takes no gradient steps on it alone (the 200 steps at lr 3e-3 moved the
     # row where the policy prior and the energy, outside the fit's loss, no longer act: 172 -> 25 before any update)
     "fit0": ["fit_steps=0"],
+    # the trust region (L2-SP): every trained weight pulled towards the adapted checkpoint's after each update
+    "l2x30": ["l2_to_pretrained=30"],
+    "l2x100": ["l2_to_pretrained=100"],
+    "l2x300": ["l2_to_pretrained=300"],
+    "l2x1000": ["l2_to_pretrained=1000"],
+    # a 1,000-step seed phase (2 episodes)
+    "seed1000": ["seed_steps=1000"],
 }
 
 
@@ -123,7 +132,12 @@ def summarize_run(out: Path) -> dict | None:
     config = out / "train_config.yaml"
     steps = yaml.safe_load(config.read_text()).get("steps") if config.exists() else None
     done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
+    # issue 12 section 2's criterion: no evaluation after the first 1,000 steps below 80% of a zero-shot >= 100
+    later = [e["mean_return"] for e in evals if e["step"] > 1000]
+    keeps = (None if not zero or zero["mean_return"] < 100 or not later
+             else min(later) >= 0.8 * zero["mean_return"])
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
+                min_eval_after_1000=min(later) if later else None, keeps_80pct_of_zero_shot=keeps,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"])
                 if done and zero and zero["mean_return"] else None,
                 train_episode_returns=train, task_row_from=fit.get("chosen"), last_episode_diagnostics=last)
@@ -159,7 +173,9 @@ def main(argv=None):
         z, f = r["zero_shot"], r["final"]
         fin = f"{f['mean_return']:7.1f} +/- {f['std_return']:6.1f}" if f else "   (not finished)"
         zs = f"{z['mean_return']:7.1f} +/- {z['std_return']:6.1f}" if z else "(not evaluated)"
-        print(f"{v:<20} seed {s}: zero-shot {zs} -> final {fin}  "
+        curve = " ".join(f"{e['step']}:{e['mean_return']:.0f}" for e in r["evals"])
+        print(f"{v:<20} seed {s}: zero-shot {zs} -> final {fin}  evals [{curve}] 80% kept: "
+              f"{r['keeps_80pct_of_zero_shot']}  "
               f"train episodes {[round(x) for x in r['train_episode_returns']]}  last episode: "
               + " ".join(f"{k}={v:.3g}" for k, v in r["last_episode_diagnostics"].items()))
     write_json(args.out, dict(benchmark="finetune_anchors", task=args.task, config=args.config,

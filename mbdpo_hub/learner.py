@@ -52,12 +52,19 @@ class MBDPOLearner:
     mixed_precision: "bf16" runs the loss computations under bf16 autocast; backward and the steps stay outside it.
     reduce_fn: mean over processes (e.g. `accelerator.reduce(x, "mean")`), applied to gradients and to running
     statistics so that every process keeps identical weights in multi-process training.
+    l2_to_pretrained: a trust region for fine-tuning (L2-SP, Li et al. 2018, applied decoupled as in AdamW): after
+    every optimiser step each trained weight moves towards its value when the learner was built (the adapted pretrained checkpoint),
+    theta <- theta - lr * l2_to_pretrained * (theta - theta_0), at its group's lr. Adam moves a weight by at most about
+    lr per step, so a weight settles within about 1 / l2_to_pretrained of where it started. The task-embedding table is
+    not anchored (a new task's row must move; the other rows get no gradient from its data). 0 = off.
     """
 
     def __init__(self, policy: MBDPODiffusionPolicy, *, lr_scales: dict[str, float] | None = None,
                  freeze: list[str] | tuple[str, ...] = (), reduce_fn: Callable | None = None,
-                 mixed_precision: str = "no", compile: bool = False):
+                 mixed_precision: str = "no", compile: bool = False, l2_to_pretrained: float = 0.0):
         cfg = policy.config
+        if not l2_to_pretrained >= 0:
+            raise ValueError(f"l2_to_pretrained must be >= 0, got {l2_to_pretrained}")
         if mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
         self.mixed_precision = mixed_precision
@@ -82,6 +89,12 @@ class MBDPOLearner:
         self.pi_optim = (torch.optim.Adam(pi_params, lr=cfg.pi_lr * scales.get("pi", 1.0), eps=1e-5, **fused)
                          if pi_params else None)
         self.scale = RunningScale(cfg.tau).to(policy.device)
+        self.l2_to_pretrained = float(l2_to_pretrained)
+        # (lr, params, their starting values) per anchored optimiser group
+        self.anchors = [] if not self.l2_to_pretrained else [
+            (g["lr"], g["params"], [p.detach().clone() for p in g["params"]])
+            for opt in (self.optim, self.pi_optim) if opt is not None for g in opt.param_groups
+            if g.get("name") != "task_embedding"]
         self.num_updates = 0
         self.compile_forward(compile)
 
@@ -284,11 +297,19 @@ class MBDPOLearner:
             # keep the policy loss's gradient out of shared modules' next step
             for p in policy.parameters():
                 p.grad = None
+        if self.anchors:
+            self.pull_to_start()
         policy.world_model.Qs.update_target(cfg.tau)
         policy.eval()
         self.num_updates += 1
         metrics["total_loss"] = total
         return {k: (v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def pull_to_start(self) -> None:
+        """The `l2_to_pretrained` step: theta <- theta - lr * l2_to_pretrained * (theta - theta_0), one fused op per group."""
+        for lr, params, start in self.anchors:
+            torch._foreach_lerp_(params, start, min(1.0, lr * self.l2_to_pretrained))
 
     # --- checkpointing -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -244,3 +244,34 @@ def test_compiled_planning_matches_eager(tiny):
     assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-4)
     p.compile_planning(False)
     assert p.__dict__["_compiled_value"] is None
+
+
+def test_l2_to_pretrained_pulls_trained_weights_to_their_start(tiny):
+    """The fine-tuning trust region: after each update every anchored weight is lerped towards its starting value
+    by lr * coef (capped at 1); the task-embedding table is left free."""
+    torch.manual_seed(0)
+    free = MBDPODiffusionPolicy(tiny())
+    batch = make_batch(free.config, seed=1)
+    start = {k: v.detach().clone() for k, v in free.named_parameters()}
+    lr = free.config.lr
+    runs = {}
+    for name, coef in (("free", 0.0), ("pulled", 0.25 / lr), ("held", 10.0 / lr)):
+        p = MBDPODiffusionPolicy(tiny())
+        p.load_state_dict(free.state_dict())
+        learner = MBDPOLearner(p, l2_to_pretrained=coef)
+        assert bool(learner.anchors) == (coef > 0)
+        torch.manual_seed(0)
+        for _ in range(3):
+            learner.update(batch)
+        runs[name] = {k: v.detach().clone() for k, v in p.named_parameters()}
+    key = "world_model.reward_head.0.weight"
+    moved = {n: (r[key] - start[key]).abs().max().item() for n, r in runs.items()}
+    assert 0 < moved["pulled"] < moved["free"]
+    emb = "world_model.task_embedding.weight"
+    # lr * coef >= 1 for every group: each anchored weight is back at its start after every update
+    for k, v in runs["held"].items():
+        if k != emb:
+            torch.testing.assert_close(v, start[k], msg=k)
+    assert not torch.equal(runs["held"][emb], start[emb])  # the embedding rows are free
+    with pytest.raises(ValueError, match="l2_to_pretrained must be >= 0"):
+        MBDPOLearner(free, l2_to_pretrained=-1.0)

@@ -139,6 +139,9 @@ class FinetuneConfig(RunConfig):
     # reaches; on cartpole-balance-sparse 7 of 7 runs learned from it), or the adapted checkpoint as it is (its
     # zero-shot behaviour: a few episodes of one narrow behaviour, from which the burst learned little)
     seed_actions: str = "random"
+    # trust region: after every update each trained weight is pulled towards the adapted checkpoint's,
+    # w <- w - lr * l2_to_pretrained * (w - w_0) (MBDPOLearner); weights stay within about 1 / l2_to_pretrained
+    l2_to_pretrained: float = 0.0
 
     is_finetune = True
     identity_fields = ("task", "mode", "checkpoint", "revision", "task_init", "source_task")
@@ -156,6 +159,8 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"seed_actions must be checkpoint or random, got {self.seed_actions!r}")
         if not 0.0 <= self.offline_ratio <= 1.0:
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
+        if self.l2_to_pretrained < 0:
+            raise ValueError(f"l2_to_pretrained must be >= 0 (0 = off), got {self.l2_to_pretrained}")
         if self.fit_steps < 0 or self.fit_batches < 1 or self.fit_lr <= 0:
             raise ValueError(f"need fit_steps >= 0, fit_batches >= 1 and fit_lr > 0, got {self.fit_steps}, "
                              f"{self.fit_batches}, {self.fit_lr}")
