@@ -7,7 +7,7 @@ step 0 and at the end) repeated with one change each.
 
 Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, overrides appended to it):
 * paper: the paper's planner anchor (energy_eta 0.01), online only (the demo of round 2 session 2);
-* eta: the energy bonus in planning 10x stronger (energy_eta 0.1);
+* eta: the energy bonus in planning 10x stronger (energy_eta 0.1); eta1: 100x (energy_eta 1.0);
 * pi: the normalised energy of the policy prior's actions in its loss (energy_pi_coef 1);
 * rehearsal: offline-to-online, the checkpoint's pretraining data (its own tasks under their own ids) mixed into
   every batch at offline_ratio 0.5;
@@ -17,6 +17,7 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
   the adapted checkpoint (seed_actions=checkpoint);
 * fit0: task_init=fit chooses the row without fitting it alone (fit_steps=0);
 * frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
+* frozenED: the encoder and the dynamics not trained (freeze=[encoder,dynamics]);
 * l2x<N>: the trust region l2_to_pretrained=N (weights pulled towards the adapted checkpoint's after each update);
 * seed1000: a 1,000-step seed phase;
 * combinations joined with "+".
@@ -48,6 +49,7 @@ BASE = ["energy_eta=0.01", "energy_pi_coef=0.0", "mode=online", "offline_dataset
 PARTS = {
     "paper": [],
     "eta": ["energy_eta=0.1"],
+    "eta1": ["energy_eta=1.0"],
     "pi": ["energy_pi_coef=1.0"],
     "rehearsal": ["mode=offline-to-online", "offline_dataset=datasets/dmc8-expert", "offline_ratio=0.5"],
     # the new task's embedding row copied from the related task (the paper's O2O) instead of task_init=fit
@@ -65,6 +67,8 @@ PARTS = {
     "frozenF": ["freeze=[energy]"],
     # no burst: after the seed phase, utd updates per step only
     "noburst": ["seed_updates=0"],
+    # the encoder and the latent dynamics not trained (the heads see the latent space they were pretrained on)
+    "frozenED": ["freeze=[encoder,dynamics]"],
     # task_init=fit chooses the row but takes no gradient steps on it alone (the 200 steps at lr 3e-3 moved the
     # row where the policy prior and the energy, outside the fit's loss, no longer act: 172 -> 25 before any update)
     "fit0": ["fit_steps=0"],
