@@ -19,7 +19,7 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
 * frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
 * frozenED: the encoder and the dynamics not trained (freeze=[encoder,dynamics]);
 * l2x<N>: the trust region l2_to_pretrained=N (weights pulled towards the adapted checkpoint's after each update);
-* seed1000: a 1,000-step seed phase;
+* seed1000: a 1,000-step seed phase; noise03: exploration noise 0.3 in training episodes (action_noise);
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
 adapted checkpoint does not depend on the variant's training settings, only on its planner anchors and task row).
@@ -77,6 +77,9 @@ PARTS = {
     "l2x100": ["l2_to_pretrained=100"],
     "l2x300": ["l2_to_pretrained=300"],
     "l2x1000": ["l2_to_pretrained=1000"],
+    # 6x the planner's exploration noise in training episodes (action_noise 0.3; evaluations have none): data
+    # with failures in it, where the checkpoint alone acts perfectly
+    "noise03": ["action_noise=0.3"],
     # a 1,000-step seed phase (2 episodes)
     "seed1000": ["seed_steps=1000"],
 }
