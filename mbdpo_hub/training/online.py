@@ -4,9 +4,10 @@
     OnlineTrainer(cfg).run()
 
 From scratch: random actions for `seed_steps`, a burst of `seed_updates`, then plan and update `utd` times per
-environment step. A fine-tuning run (`FinetuneConfig`) plans from its first step: its seed phase collects the new
-task's first episodes with the adapted checkpoint, untouched (what keeps fine-tuning from collapsing: see
-benchmarks/README "Fine-tuning collapse"); offline-to-online, the offline buffer is mixed into every batch.
+environment step. A fine-tuning run (`FinetuneConfig`) has the same schedule; its seed phase is acted at random
+(`seed_actions=random`, the default) or by the adapted checkpoint, untouched (`seed_actions=checkpoint`); see
+benchmarks/README "Fine-tuning collapse" for what each keeps and loses. Offline-to-online, the offline buffer is
+mixed into every batch.
 Evaluations and checkpoints happen at episode boundaries; killed at any moment,
 the same command resumes from the last checkpoint (a finished run checkpoints its last step, so a larger `steps`
 extends it).
