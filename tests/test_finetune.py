@@ -760,3 +760,18 @@ def test_diagnose_script_runs_and_probes_the_burst(source_dir, tmp_path, monkeyp
     assert [p["updates"] for p in res["probes"]] == [0, 3, 5]  # the probes, then after the 5-update burst
     assert res["seed_episode_returns"] and len(res["swaps"]) == len(finetune_diagnose.SWAP_GROUPS)
     assert "value_loss" in res["probes"][1]["updates_metrics"]
+
+
+def test_zero_shot_script_evaluates_the_adapted_checkpoint(source_dir, tmp_path, monkeypatch):
+    """benchmarks/zero_shot.py: one row per task, the row the new task starts from, the returns of each episode."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import zero_shot
+
+    out = tmp_path / "zs.json"
+    zero_shot.main(["--checkpoint", str(source_dir), "--tasks", "cartpole-balance-sparse", "--episodes", "2",
+                    "--out", str(out), "episode_length=20", "diffusion_steps=2", "num_samples=16", "num_elites=4",
+                    "num_pi_trajs=2"])
+    res = json.loads(out.read_text())["results"]["cartpole-balance-sparse"]
+    assert len(res["returns"]) == 2 and res["mean_return"] == pytest.approx(sum(res["returns"]) / 2)
+    assert res["task_row_from"] == "cartpole-balance"  # the same-domain row of the two-task checkpoint
