@@ -69,6 +69,19 @@ def machine_info() -> dict:
     return info
 
 
+def keeps_zero_shot(steps: list[int], returns: list[float], zero_shot: float | None, after: int = 1000,
+                    fraction: float = 0.8, min_zero_shot: float = 100.0) -> tuple[float | None, bool | None]:
+    """Issue 12 section 2's criterion for one fine-tuning run: no evaluation from step `after` on below `fraction`
+    of the zero-shot return, where that return is at least `min_zero_shot`. Returns (the lowest of those
+    evaluations or None, whether it holds: None where it does not apply: no zero-shot evaluation, a zero-shot
+    return below `min_zero_shot`, or no evaluation from `after` on)."""
+    later = [r for s, r in zip(steps, returns) if s >= after]
+    lowest = min(later) if later else None
+    if zero_shot is None or zero_shot < min_zero_shot or lowest is None:
+        return lowest, None
+    return lowest, lowest >= fraction * zero_shot
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -139,12 +139,12 @@ def summarize_run(out: Path) -> dict | None:
     config = out / "train_config.yaml"
     steps = yaml.safe_load(config.read_text()).get("steps") if config.exists() else None
     done = (out / "eval_results.json").exists() or (steps is not None and final["step"] >= int(steps))
-    # issue 12 section 2's criterion: no evaluation after the first 1,000 steps below 80% of a zero-shot >= 100
-    later = [e["mean_return"] for e in evals if e["step"] > 1000]
-    keeps = (None if not zero or zero["mean_return"] < 100 or not later
-             else min(later) >= 0.8 * zero["mean_return"])
+    from _common import keeps_zero_shot
+
+    lowest, keeps = keeps_zero_shot([e["step"] for e in evals], [e["mean_return"] for e in evals],
+                                    zero["mean_return"] if zero else None)
     return dict(run_dir=str(out), finished=done, zero_shot=zero, final=final if done else None, evals=evals,
-                min_eval_after_1000=min(later) if later else None, keeps_80pct_of_zero_shot=keeps,
+                min_eval_after_1000=lowest, keeps_80pct_of_zero_shot=keeps,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"])
                 if done and zero and zero["mean_return"] else None,
                 train_episode_returns=train, task_row_from=fit.get("chosen"), last_episode_diagnostics=last)

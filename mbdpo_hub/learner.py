@@ -53,13 +53,12 @@ class MBDPOLearner:
     reduce_fn: mean over processes (e.g. `accelerator.reduce(x, "mean")`), applied to gradients and to running
     statistics so that every process keeps identical weights in multi-process training.
     l2_to_pretrained: a trust region for fine-tuning (L2-SP, Li et al. 2018, applied decoupled as in AdamW): after
-    every optimiser step each trained weight moves towards its value when the learner was built (the adapted pretrained checkpoint),
-    theta <- theta - lr * l2_to_pretrained * (theta - theta_0), at its group's lr. Adam moves a weight by at most about
-    lr per step, so a weight settles within about 1 / l2_to_pretrained of where it started. The task-embedding table is
-    anchored too: a new task's row is an input of every network, and fresh Adam moves it by about lr per dimension
-    per update (on cartpole-balance-sparse, with the rest held near its start, a free row took a 1000-return start's
-    training episodes down to 159 within 500 updates).
-    0 = off.
+    every optimiser step each trained weight moves towards its value when the learner was built (the adapted
+    pretrained checkpoint), theta <- theta - lr * l2_to_pretrained * (theta - theta_0), at its group's lr. Adam
+    moves a weight by at most about lr per step, so a weight settles within about 1 / l2_to_pretrained of where it
+    started. The task-embedding table is anchored too: a new task's row is an input of every network, and fresh Adam
+    moves it by about lr per dimension per update (on cartpole-balance-sparse, with the rest held near its start, a
+    free row took a 1000-return start's training episodes down to 159 within 500 updates). 0 = off.
     """
 
     def __init__(self, policy: MBDPODiffusionPolicy, *, lr_scales: dict[str, float] | None = None,
@@ -309,7 +308,8 @@ class MBDPOLearner:
 
     @torch.no_grad()
     def pull_to_start(self) -> None:
-        """The `l2_to_pretrained` step: theta <- theta - lr * l2_to_pretrained * (theta - theta_0), one fused op per group."""
+        """The `l2_to_pretrained` step, theta <- theta - lr * l2_to_pretrained * (theta - theta_0): one fused lerp per
+        optimiser group."""
         for lr, params, start in self.anchors:
             torch._foreach_lerp_(params, start, min(1.0, lr * self.l2_to_pretrained))
 

@@ -775,3 +775,15 @@ def test_zero_shot_script_evaluates_the_adapted_checkpoint(source_dir, tmp_path,
     res = json.loads(out.read_text())["results"]["cartpole-balance-sparse"]
     assert len(res["returns"]) == 2 and res["mean_return"] == pytest.approx(sum(res["returns"]) / 2)
     assert res["task_row_from"] == "cartpole-balance"  # the same-domain row of the two-task checkpoint
+
+
+def test_keeps_zero_shot_criterion():
+    """Issue 12 section 2's check, shared by finetune_anchors.py and finetune_vs_scratch.py."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import keeps_zero_shot
+
+    assert keeps_zero_shot([0, 1000, 1500], [1000, 850, 790], 1000) == (790, False)  # 790 < 800
+    assert keeps_zero_shot([0, 500, 1000], [1000, 10, 800], 1000) == (800, True)  # step 500 is before the window
+    assert keeps_zero_shot([0, 1500], [50, 10], 50) == (10, None)  # zero-shot below 100: does not apply
+    assert keeps_zero_shot([0, 500], [1000, 10], 1000) == (None, None)  # no evaluation from step 1,000 on
+    assert keeps_zero_shot([1500], [10], None) == (10, None)  # no zero-shot evaluation
