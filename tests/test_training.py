@@ -346,3 +346,69 @@ def test_replay_buffer_goes_to_the_gpu_only_when_it_fits(monkeypatch):
     assert RunFolder.replay_device(gpu, 10**6, 24, 6) == torch.device("cuda:0")  # 128 MB
     assert RunFolder.replay_device(gpu, 60 * 10**6, 24, 6) == torch.device("cpu")  # 7.7 GB > a quarter of 8 GiB
     assert RunFolder.replay_device(folder("cuda:0", on=False), 10**6, 24, 6) == torch.device("cpu")
+
+
+def _scripted_evaluations(monkeypatch, returns):
+    """Replace the trainer's evaluation by one that returns `returns` in turn and records the weights it saw."""
+    import mbdpo_hub.training.online as online
+
+    seen = []
+
+    def fake(policy, task, episodes, seed=0, **kw):
+        seen.append(dict(seed=seed, weights={k: v.clone() for k, v in policy.state_dict().items()}))
+        r = returns[len(seen) - 1]
+        return dict(mean_return=float(r), std_return=0.5, episodes=episodes, planner="diffusion", seconds=0.0)
+
+    monkeypatch.setattr(online, "evaluate", fake)
+    return seen
+
+
+def test_load_best_model_at_end_hands_back_the_best_evaluated_weights(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    common = [f"output_dir={out}", "seed_steps=100", "seed_updates=20", "utd=0.5", "eval_freq=100",
+              "save_video=false", "log_with=none", "progress=false", "checkpoint_freq=100",
+              "load_best_model_at_end=true"]
+    # evaluations at steps 100, 200 (the best), 300 and the final one at 400; then the best is evaluated again
+    seen = _scripted_evaluations(monkeypatch, [5, 9, 3, 2, 8.5])
+    OnlineTrainer(load_run_config(TINY, common + ["steps=200"])).run()  # stops at 200: the best so far is its last
+    assert len(seen) == 2 and "load_best_model_at_end: " not in capsys.readouterr().out
+    assert (out / "checkpoints" / "step_000000200" / "best_model.safetensors").is_file()
+    OnlineTrainer(load_run_config(TINY, common + ["steps=400"])).run()  # resumes: the best comes from the checkpoint
+    assert len(seen) == 5 and seen[-1]["seed"] != seen[-2]["seed"]  # re-evaluated on fresh episodes
+    assert "the model of step 200 (evaluated 9.0, on fresh episodes 8.5)" in capsys.readouterr().out
+    saved = MBDPODiffusionPolicy.from_pretrained(out).state_dict()
+    for k, v in seen[1]["weights"].items():  # the model handed back is step 200's, not the last one
+        assert torch.equal(saved[k], v), k
+    assert any(not torch.equal(seen[3]["weights"][k], v) for k, v in seen[1]["weights"].items())
+    payload = json.loads((out / "eval_results.json").read_text())
+    sel = payload["selected_model"]
+    assert (sel["step"], sel["selection_return"], sel["reevaluated_return"], sel["last_step"], sel["last_return"]) == \
+        (200, 9.0, 8.5, 400, 2.0)
+    res = payload["results"]["cartpole-balance"]
+    assert (res["mean_return"], res["model_step"], res["steps"]) == (8.5, 200, 400)
+    assert [float(r["mean_return"]) for r in _rows(out / "eval.csv")] == [5, 9, 3, 2]  # the learning curve as measured
+    # the last weights stay in the last checkpoint, so a larger `steps` continues learning from them
+    from safetensors.torch import load_file
+
+    last = load_file(str(out / "checkpoints" / "step_000000400" / "model" / "model.safetensors"))
+    assert all(torch.equal(last[k], v) for k, v in seen[3]["weights"].items() if k in last)
+
+
+def test_load_best_model_at_end_keeps_the_last_model_when_it_is_best_or_off(tmp_path, monkeypatch):
+    base = ["steps=300", "seed_steps=100", "seed_updates=20", "utd=0.5", "eval_freq=100", "save_video=false",
+            "log_with=none", "progress=false", "checkpoint_freq=0"]
+
+    def run(name, returns, *extra):
+        seen = _scripted_evaluations(monkeypatch, returns)
+        OnlineTrainer(load_run_config(TINY, base + [f"output_dir={tmp_path / name}", *extra])).run()
+        return len(seen), json.loads((tmp_path / name / "eval_results.json").read_text())
+
+    # a tie is not better (as transformers): the earlier, less moved model of step 200 is handed back
+    n, payload = run("tie", [5, 9, 9, 1], "load_best_model_at_end=true")
+    assert n == 4 and payload["selected_model"]["step"] == 200 and payload["selected_model"]["reevaluated_return"] == 1
+    n, payload = run("last", [5, 6, 7], "load_best_model_at_end=true")  # the last is the best: no re-evaluation
+    assert n == 3 and payload["selected_model"] is None and payload["results"]["cartpole-balance"]["model_step"] == 300
+    n, payload = run("off", [5, 9, 1])  # off for training from scratch: the last model, however it evaluated
+    assert n == 3 and payload["selected_model"] is None
+    assert (payload["results"]["cartpole-balance"]["mean_return"], payload["results"]["cartpole-balance"]["model_step"]) \
+        == (1.0, 300)

@@ -53,6 +53,10 @@ class RunConfig:
     buffer_size: int = 1_000_000
     eval_freq: int = 5_000
     eval_episodes: int = 10
+    # as transformers' TrainingArguments: the final model is the best-evaluated one (every evaluation counts, a
+    # fine-tuning run's step-0 evaluation of the adapted checkpoint included), re-evaluated on fresh episodes when it
+    # is not the last; the last weights stay in the last checkpoint (a larger `steps` continues from them)
+    load_best_model_at_end: bool = False
     checkpoint_freq: int = 5_000
     keep_checkpoints: int = 2
     output_dir: str = "runs/online"
@@ -142,6 +146,8 @@ class FinetuneConfig(RunConfig):
     # trust region: after every update each trained weight is pulled towards the adapted checkpoint's,
     # w <- w - lr * l2_to_pretrained * (w - w_0) (MBDPOLearner); weights stay within about 1 / l2_to_pretrained
     l2_to_pretrained: float = 0.0
+    # on for fine-tuning: a run never hands back a model that evaluated worse than the checkpoint it started from
+    load_best_model_at_end: bool = True
 
     is_finetune = True
     identity_fields = ("task", "mode", "checkpoint", "revision", "task_init", "source_task")

@@ -92,11 +92,15 @@ class OnlineTrainer(RunFolder):
         self.next_eval, self.next_ckpt = 0, cfg.checkpoint_freq if cfg.checkpoint_freq > 0 else math.inf
         self.elapsed, self.last_return = 0.0, float("nan")
         self.metrics_acc: dict[str, list[float]] = {}
+        # load_best_model_at_end: step, mean/std return and a CPU copy of the weights of the best evaluation so far
+        self.best: dict | None = None
+        self.final_eval: tuple[int, dict] | None = None  # (step, result) of the evaluation at the last step
         self.start_folder()
 
     # --- checkpoints -------------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        return dict({k: getattr(self, k) for k in _COUNTERS}, rng=rng_state())
+        best = None if self.best is None else {k: v for k, v in self.best.items() if k != "weights"}
+        return dict({k: getattr(self, k) for k in _COUNTERS}, rng=rng_state(), best=best)
 
     def restore_state(self, state: dict, path: Path) -> None:
         try:
@@ -104,6 +108,15 @@ class OnlineTrainer(RunFolder):
         except Exception as e:  # noqa: BLE001 - a damaged buffer file: the caller falls back to an older checkpoint
             raise CheckpointError(f"checkpoint file {path / 'replay_buffer.safetensors'} cannot be read "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        if state.get("best") is not None:  # the best evaluation's weights travel with the checkpoint
+            from safetensors.torch import load_file
+
+            try:
+                weights = load_file(str(path / "best_model.safetensors"))
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"checkpoint file {path / 'best_model.safetensors'} cannot be read "
+                                      f"({type(e).__name__})") from None
+            self.best = dict(state["best"], weights=weights)
         for key in _COUNTERS:
             setattr(self, key, state[key])
         self.next_ckpt = math.inf if state.get("next_ckpt") is None else self.next_ckpt
@@ -111,7 +124,14 @@ class OnlineTrainer(RunFolder):
         self.policy.reset()
 
     def save_checkpoint(self, extra=None) -> Path:
-        return super().save_checkpoint(extra=lambda tmp: self.buffer.save(tmp / "replay_buffer.safetensors"))
+        def extra(tmp: Path) -> None:
+            self.buffer.save(tmp / "replay_buffer.safetensors")
+            if self.best is not None:
+                from safetensors.torch import save_file
+
+                save_file(self.best["weights"], str(tmp / "best_model.safetensors"))
+
+        return super().save_checkpoint(extra=extra)
 
     # --- acting and learning -----------------------------------------------------------------------------------------
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -170,11 +190,13 @@ class OnlineTrainer(RunFolder):
     def at_boundary(self) -> None:
         """All envs are between episodes: the place for periodic evaluations and checkpoints."""
         cfg, last = self.cfg, self.step >= self.cfg.steps
-        if cfg.eval_freq > 0 and self.step >= self.next_eval:
-            # at the last step the final evaluation after the loop is this point's; a fine-tuning run's model does
-            # not change before its first update, so its step-0 evaluation stands for the seed phase
-            if not last and (self.learner.num_updates > 0 or not cfg.is_finetune):
+        if last:  # the final evaluation, before the last checkpoint so that a resumed run knows it (best model)
+            self.final_eval = (self.step, self.run_eval())
+        elif cfg.eval_freq > 0 and self.step >= self.next_eval:
+            # a fine-tuning run's model does not change before its first update: its step-0 evaluation stands
+            if self.learner.num_updates > 0 or not cfg.is_finetune:
                 self.run_eval()
+        if cfg.eval_freq > 0 and self.step >= self.next_eval:
             self.next_eval = (self.step // cfg.eval_freq + 1) * cfg.eval_freq
         # a checkpoint at the last step too: the same command with a larger `steps` extends a finished run
         if cfg.checkpoint_freq > 0 and (self.step >= self.next_ckpt or last):
@@ -196,7 +218,28 @@ class OnlineTrainer(RunFolder):
             self.append_csv("eval_old_tasks.csv", dict(step=self.step, task=old, mean_return=r["mean_return"],
                                                        std_return=r["std_return"]), replace_step=True)
         self.log({"eval/mean_return": res["mean_return"]})
+        if cfg.load_best_model_at_end and (self.best is None or res["mean_return"] > self.best["mean_return"]):
+            # strictly better, as transformers: on a tie the earlier (less moved) model stays
+            self.best = dict(step=self.step, mean_return=res["mean_return"], std_return=res["std_return"],
+                             weights={k: v.detach().to("cpu", copy=True).contiguous()
+                                      for k, v in self.policy.state_dict().items()})
         return res
+
+    def select_best_model(self, last_eval: dict) -> tuple[dict, dict | None]:
+        """load_best_model_at_end: put the best evaluation's weights back when they are not the last ones, and
+        evaluate them again on fresh episodes (the best of several evaluations is biased upwards; the new one is
+        not). Returns (the final model's evaluation, what was selected or None)."""
+        cfg = self.cfg
+        if not cfg.load_best_model_at_end or self.best is None or self.best["step"] == self.step:
+            return last_eval, None
+        self.policy.load_state_dict({k: v.to(self.accelerator.device) for k, v in self.best["weights"].items()})
+        self.policy.reset()
+        res = evaluate(self.policy, cfg.task, cfg.eval_episodes, seed=cfg.seed + 7770,
+                       episode_length=cfg.episode_length, progress=cfg.progress and self.accelerator.is_main_process)
+        selected = dict(step=self.best["step"], selection_return=self.best["mean_return"],
+                        reevaluated_return=res["mean_return"], reevaluated_std=res["std_return"],
+                        last_step=self.step, last_return=last_eval["mean_return"], last_std=last_eval["std_return"])
+        return res, selected
 
     # --- the loop ------------------------------------------------------------------------------------------------------
     def _run(self) -> dict:
@@ -239,17 +282,19 @@ class OnlineTrainer(RunFolder):
         if bar is not None:
             bar.close()
         self.envs.close()
-        results = self.write_outputs(self.run_eval())
+        final = self.final_eval[1] if self.final_eval is not None and self.final_eval[0] == self.step else None
+        results = self.write_outputs(*self.select_best_model(final or self.run_eval()))
         self.accelerator.end_training()
         return results
 
     # --- outputs -------------------------------------------------------------------------------------------------------
-    def write_outputs(self, final_eval: dict) -> dict:
+    def write_outputs(self, final_eval: dict, selected: dict | None = None) -> dict:
         from ..envs import normalized_score
 
         cfg = self.cfg
         results = {cfg.task: dict(mean_return=final_eval["mean_return"], std_return=final_eval["std_return"],
-                                  episodes=final_eval["episodes"], planner=final_eval["planner"], steps=self.step)}
+                                  episodes=final_eval["episodes"], planner=final_eval["planner"], steps=self.step,
+                                  model_step=self.step if selected is None else selected["step"])}
         if not self.accelerator.is_main_process:
             return results
         video = None
@@ -270,12 +315,16 @@ class OnlineTrainer(RunFolder):
         zero = self.first_eval(step=0)
         self.write_final(dict(results=results, normalized_score=score, env_steps=self.step, elapsed_s=self.elapsed,
                               updates=self.learner.num_updates,
-                              zero_shot_return=None if zero is None else dict(mean_return=zero[0], std_return=zero[1])),
-                         card)
+                              zero_shot_return=None if zero is None else dict(mean_return=zero[0], std_return=zero[1]),
+                              selected_model=selected), card)
         if cfg.push_to_hub:
             self.push(card, [self.out / n for n in ("train_config.yaml", "eval_results.json", "eval.csv",
                                                     "train.csv")] + [curve, video],
                       message=f"{getattr(cfg, 'mode', 'scratch')} {cfg.task} {self.step} steps")
+        if selected is not None:
+            print(f"load_best_model_at_end: the model of step {selected['step']} (evaluated {selected['selection_return']:.1f}"
+                  f", on fresh episodes {selected['reevaluated_return']:.1f}) replaces the last one of step "
+                  f"{selected['last_step']} ({selected['last_return']:.1f}); the last weights stay in checkpoints/")
         if zero is not None:
             print(f"zero-shot return {zero[0]:.1f} +/- {zero[1]:.1f} -> final return {final_eval['mean_return']:.1f} "
                   f"+/- {final_eval['std_return']:.1f} ({final_eval['episodes']} episodes each)")
