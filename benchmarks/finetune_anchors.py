@@ -19,6 +19,8 @@ Variants (`PARTS`, on top of `BASE`; every other setting is the demo config's, o
 * frozenF: the energy F not trained during fine-tuning (freeze=[energy]); noburst: no burst after the seed phase;
 * frozenED: the encoder and the dynamics not trained (freeze=[encoder,dynamics]);
 * l2x<N>: the trust region l2_to_pretrained=N (weights pulled towards the adapted checkpoint's after each update);
+* fa<N>: the function-space trust region anchor_to_pretrained=N (reward and Q along random actions kept near the
+  adapted checkpoint's by a KL penalty);
 * seed1000: a 1,000-step seed phase; noise03: exploration noise 0.3 in training episodes (action_noise);
 * combinations joined with "+".
 `--final-only` skips the step-0 evaluation (eval_freq=0: the final evaluation only; the zero-shot return of the
@@ -77,6 +79,9 @@ PARTS = {
     "l2x100": ["l2_to_pretrained=100"],
     "l2x300": ["l2_to_pretrained=300"],
     "l2x1000": ["l2_to_pretrained=1000"],
+    # the trust region in function space: reward and Q along random actions kept near the adapted checkpoint's
+    "fa1": ["anchor_to_pretrained=1"],
+    "fa10": ["anchor_to_pretrained=10"],
     # 6x the planner's exploration noise in training episodes (action_noise 0.3; evaluations have none): data
     # with failures in it, where the checkpoint alone acts perfectly
     "noise03": ["action_noise=0.3"],

@@ -513,6 +513,7 @@ def fit_task_row(learner, batches: list[dict], task_id: int, steps: int, lr: flo
     emb.requires_grad_(needs_grad)
     after = float(loss())
     policy.train(was_training)
+    learner.set_reference()  # the trust regions (if any) hold the fitted model, where the updates start
     return dict(candidates=losses, chosen=chosen, loss_chosen=losses[chosen], loss_after_fit=after, steps=steps,
                 lr=lr, batches=len(batches))
 

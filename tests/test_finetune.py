@@ -303,6 +303,8 @@ def test_run_setup_errors(source_dir, tmp_path):
         make_finetune_trainer(cfg("eval_old_tasks=[walker-walk]"))
     with pytest.raises(ValueError, match="enc_dim=64 conflicts"):
         make_finetune_trainer(cfg("enc_dim=64"))
+    with pytest.raises(ValueError, match=r"anchor_to_pretrained must be >= 0 \(0 = off\)"):
+        make_finetune_trainer(cfg("anchor_to_pretrained=-1"))
     assert not (tmp_path / "run").exists()  # nothing started
 
 
@@ -567,11 +569,13 @@ def test_fit_task_row_chooses_the_best_candidate_and_moves_only_that_row():
 
     src = tiny_two_task()
     policy, info = adapt_policy_to_task(src, "cartpole-swingup", init="nearest")
-    learner = MBDPOLearner(policy)
+    learner = MBDPOLearner(policy, anchor_to_pretrained=1.0)
     tid = info["task_id"]
     batches = _task_batches(policy, tid)
     before = snapshot(policy)
     res = ft.fit_task_row(learner, batches, tid, steps=30, lr=1e-2)  # default candidates: every row and the mean
+    # the trust region holds the fitted model, where the updates start
+    assert torch.equal(learner.reference.task_embedding.weight, policy.world_model.task_embedding.weight)
     assert set(res["candidates"]) == {"cartpole-balance", "pendulum-swingup", "mean", "start"}
     assert res["chosen"] == min(res["candidates"], key=res["candidates"].get)
     assert res["loss_after_fit"] < res["loss_chosen"]  # fitting the row alone lowers the loss on the task's data

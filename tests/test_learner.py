@@ -272,3 +272,51 @@ def test_l2_to_pretrained_pulls_trained_weights_to_their_start(tiny):
         torch.testing.assert_close(v, start[k], msg=k)
     with pytest.raises(ValueError, match="l2_to_pretrained must be >= 0"):
         MBDPOLearner(free, l2_to_pretrained=-1.0)
+
+
+def test_anchor_to_pretrained_keeps_reward_and_q_near_the_reference_along_random_actions(tiny):
+    """The function-space trust region: a frozen copy (no dropout) of the model at construction; the KL of the
+    reward and Q distributions along random actions is 0 at the start and stays smaller the larger the coefficient,
+    while the reference does not move."""
+    torch.manual_seed(0)
+    start = MBDPODiffusionPolicy(tiny(lr=3e-3))
+    batch = make_batch(start.config, seed=2)
+    # a batch whose rewards disagree with the model everywhere: without the anchor the heads move far
+    batch["reward"] = torch.full_like(batch["reward"], 3.0)
+    kls = {}
+    for coef in (0.0, 30.0):
+        p = MBDPODiffusionPolicy(tiny(lr=3e-3))
+        p.load_state_dict(start.state_dict())
+        learner = MBDPOLearner(p, anchor_to_pretrained=coef)
+        assert (learner.reference is None) == (coef == 0)
+        probe = MBDPOLearner(p, anchor_to_pretrained=1.0)  # measures the KL to the start for both runs
+        p.eval()
+        torch.manual_seed(5)
+        assert float(probe.anchor_loss(batch["obs"][0], batch["task"]).detach()) == pytest.approx(0.0, abs=1e-6)
+        torch.manual_seed(0)
+        for _ in range(40):
+            metrics = learner.update(batch)
+        assert ("anchor_kl" in metrics) == (coef > 0)
+        p.eval()
+        torch.manual_seed(5)
+        kls[coef] = float(probe.anchor_loss(batch["obs"][0], batch["task"]).detach())
+        if coef:
+            ref = dict(learner.reference.named_parameters())
+            for k, v in start.world_model.named_parameters():
+                assert torch.equal(ref[k], v) and not ref[k].requires_grad, k
+    assert 0 < kls[30.0] < 0.5 * kls[0.0]
+    with pytest.raises(ValueError, match="anchor_to_pretrained must be >= 0"):
+        MBDPOLearner(start, anchor_to_pretrained=-1.0)
+
+
+def test_set_reference_recentres_both_trust_regions(tiny):
+    torch.manual_seed(0)
+    p = MBDPODiffusionPolicy(tiny())
+    learner = MBDPOLearner(p, l2_to_pretrained=10.0, anchor_to_pretrained=1.0)
+    with torch.no_grad():
+        p.world_model.task_embedding.weight.add_(1.0)  # a row fit, say
+    learner.set_reference()
+    torch.testing.assert_close(learner.reference.task_embedding.weight, p.world_model.task_embedding.weight)
+    starts = [s for _, params, start in learner.anchors for prm, s in zip(params, start)
+              if prm is p.world_model.task_embedding.weight]
+    assert len(starts) == 1 and torch.equal(starts[0], p.world_model.task_embedding.weight)

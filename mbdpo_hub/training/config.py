@@ -146,6 +146,9 @@ class FinetuneConfig(RunConfig):
     # trust region: after every update each trained weight is pulled towards the adapted checkpoint's,
     # w <- w - lr * l2_to_pretrained * (w - w_0) (MBDPOLearner); weights stay within about 1 / l2_to_pretrained
     l2_to_pretrained: float = 0.0
+    # trust region in function space: the reward and Q distributions along random actions from the batch's states
+    # pulled towards the adapted checkpoint's by anchor_to_pretrained * KL (MBDPOLearner); 0 = off
+    anchor_to_pretrained: float = 0.0
     # on for fine-tuning: a run never hands back a model that evaluated worse than the checkpoint it started from
     load_best_model_at_end: bool = True
 
@@ -167,6 +170,8 @@ class FinetuneConfig(RunConfig):
             raise ValueError(f"offline_ratio must be in [0, 1], got {self.offline_ratio}")
         if self.l2_to_pretrained < 0:
             raise ValueError(f"l2_to_pretrained must be >= 0 (0 = off), got {self.l2_to_pretrained}")
+        if not self.anchor_to_pretrained >= 0:
+            raise ValueError(f"anchor_to_pretrained must be >= 0 (0 = off), got {self.anchor_to_pretrained}")
         if self.fit_steps < 0 or self.fit_batches < 1 or self.fit_lr <= 0:
             raise ValueError(f"need fit_steps >= 0, fit_batches >= 1 and fit_lr > 0, got {self.fit_steps}, "
                              f"{self.fit_batches}, {self.fit_lr}")

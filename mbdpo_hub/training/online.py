@@ -71,6 +71,7 @@ class OnlineTrainer(RunFolder):
         self.learner = MBDPOLearner(self.policy, freeze=cfg.freeze, lr_scales=cfg.lr_scales,
                                     mixed_precision=cfg.mixed_precision, compile=cfg.compile,
                                     l2_to_pretrained=getattr(cfg, "l2_to_pretrained", 0.0),
+                                    anchor_to_pretrained=getattr(cfg, "anchor_to_pretrained", 0.0),
                                     reduce_fn=(lambda x: acc.reduce(x, "mean")) if acc.num_processes > 1 else None)
         self.episode_length = cfg.episode_length or task_spec(cfg.task).episode_length
         # a whole run fits: every episode stores one entry more than its steps (the reset observation)
