@@ -92,7 +92,7 @@ PARTS = {
 
 #: train.csv columns reported for the last training episode
 DIAGNOSTICS = ("q_mean", "td_target_mean", "reward_mean", "reward_loss", "value_loss", "consistency_loss",
-               "pi_entropy", "pi_scale", "energy_accuracy")
+               "pi_entropy", "pi_scale", "energy_accuracy", "anchor_kl")
 
 
 def overrides(variant: str) -> list[str]:
@@ -137,6 +137,9 @@ def summarize_run(out: Path) -> dict | None:
         if updated:  # the learner's diagnostics over the last training episode (means over its updates)
             last = {k: float(updated[-1][k]) for k in DIAGNOSTICS if updated[-1].get(k) not in ("", None)}
     fit = json.loads((out / "task_fit.json").read_text()) if (out / "task_fit.json").exists() else {}
+    # load_best_model_at_end: the model the run handed back, when it is not the last one (None: the last one)
+    results_file = out / "eval_results.json"
+    selected = json.loads(results_file.read_text()).get("selected_model") if results_file.exists() else None
     zero = evals[0] if evals[0]["step"] == 0 and len(evals) > 1 else None  # None: run with --final-only
     final = evals[-1]
     # finished: the outputs are written, or the last evaluation is at the run's last step (a run that failed while
@@ -152,7 +155,8 @@ def summarize_run(out: Path) -> dict | None:
                 min_eval_after_1000=lowest, keeps_80pct_of_zero_shot=keeps,
                 final_over_zero_shot=(final["mean_return"] / zero["mean_return"])
                 if done and zero and zero["mean_return"] else None,
-                train_episode_returns=train, task_row_from=fit.get("chosen"), last_episode_diagnostics=last)
+                train_episode_returns=train, task_row_from=fit.get("chosen"), last_episode_diagnostics=last,
+                selected_model=selected)
 
 
 def main(argv=None):
@@ -188,7 +192,9 @@ def main(argv=None):
         curve = " ".join(f"{e['step']}:{e['mean_return']:.0f}" for e in r["evals"])
         print(f"{v:<20} seed {s}: zero-shot {zs} -> final {fin}  evals [{curve}] 80% kept: "
               f"{r['keeps_80pct_of_zero_shot']}  "
-              f"train episodes {[round(x) for x in r['train_episode_returns']]}  last episode: "
+              + (f"returned: step {r['selected_model']['step']} ({r['selected_model']['reevaluated_return']:.1f} "
+                 "on fresh episodes)  " if r["selected_model"] else "")
+              + f"train episodes {[round(x) for x in r['train_episode_returns']]}  last episode: "
               + " ".join(f"{k}={v:.3g}" for k, v in r["last_episode_diagnostics"].items()))
     write_json(args.out, dict(benchmark="finetune_anchors", task=args.task, config=args.config,
                               overrides={v: overrides(v) for v in args.variants}, extra=args.extra,

@@ -143,7 +143,10 @@ def read_run(run: Path) -> dict:
     return dict(steps=steps, returns=returns, old_tasks=old_tasks, finished=bool(info), env_steps=info.get("env_steps"),
                 updates=info.get("updates"), elapsed_s=info.get("elapsed_s"),
                 s_per_env_step=(info["elapsed_s"] / info["env_steps"]) if info.get("env_steps") else None,
-                config=cfg)
+                config=cfg,
+                # load_best_model_at_end: the model handed back when it is not the last (its step and fresh return);
+                # the curve above is the learner's own evaluations either way
+                selected_model=info.get("selected_model"))
 
 
 def effective_seed_steps(cfg: dict, task: str) -> int:
