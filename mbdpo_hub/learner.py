@@ -371,10 +371,20 @@ class MBDPOLearner:
             torch._foreach_lerp_(params, start, min(1.0, lr * self.l2_to_pretrained))
 
     # --- checkpointing -----------------------------------------------------------------------------------------------
+    def _reference_rows(self) -> list[torch.Tensor]:
+        """The task-embedding tables the trust regions hold (a row fit changes them after construction, so a
+        resumed run, whose learner is built from the unfitted checkpoint, needs them back)."""
+        table = self.policy.world_model.task_embedding
+        if table is None:
+            return []
+        rows = [s for _, params, start in self.anchors for p, s in zip(params, start) if p is table.weight]
+        return rows + ([self.reference.task_embedding.weight] if self.reference is not None else [])
+
     def state_dict(self) -> dict:
         return dict(optim=self.optim.state_dict() if self.optim else None,
                     pi_optim=self.pi_optim.state_dict() if self.pi_optim else None,
-                    scale=self.scale.state_dict(), num_updates=self.num_updates)
+                    scale=self.scale.state_dict(), num_updates=self.num_updates,
+                    reference_rows=[r.detach().clone() for r in self._reference_rows()])
 
     def load_state_dict(self, state: dict) -> None:
         if self.optim is not None and state.get("optim") is not None:
@@ -383,6 +393,11 @@ class MBDPOLearner:
             self.pi_optim.load_state_dict(state["pi_optim"])
         self.scale.load_state_dict(state["scale"])
         self.num_updates = int(state.get("num_updates", 0))
+        saved, rows = state.get("reference_rows") or [], self._reference_rows()
+        if len(saved) == len(rows):  # the same trust regions as when saved (else: centred on this checkpoint)
+            with torch.no_grad():
+                for row, value in zip(rows, saved):
+                    row.copy_(value)
 
 
 def mean_metrics(acc: dict[str, list[torch.Tensor]]) -> dict[str, float]:

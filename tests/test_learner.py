@@ -320,3 +320,13 @@ def test_set_reference_recentres_both_trust_regions(tiny):
     starts = [s for _, params, start in learner.anchors for prm, s in zip(params, start)
               if prm is p.world_model.task_embedding.weight]
     assert len(starts) == 1 and torch.equal(starts[0], p.world_model.task_embedding.weight)
+
+    # a resumed run builds its learner from the unfitted checkpoint: the fitted reference rows come back with the state
+    fresh = MBDPODiffusionPolicy(tiny())
+    fresh.load_state_dict(p.state_dict())
+    with torch.no_grad():
+        fresh.world_model.task_embedding.weight.sub_(1.0)  # the checkpoint as adapted, before the fit
+    resumed = MBDPOLearner(fresh, l2_to_pretrained=10.0, anchor_to_pretrained=1.0)
+    resumed.load_state_dict(learner.state_dict())
+    torch.testing.assert_close(resumed.reference.task_embedding.weight, p.world_model.task_embedding.weight)
+    assert all(torch.equal(a, b) for a, b in zip(resumed._reference_rows(), learner._reference_rows()))
